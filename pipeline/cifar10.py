@@ -1,0 +1,173 @@
+"""CIFAR-10 from torchvision or a local copy, validated, into one HDF5 file.
+
+Layout of the output (read back with `read_split`):
+    train/images  uint8 (N, 32, 32, 3)   RGB, NHWC
+    train/labels  uint8 (N,)             0..9
+    test/images, test/labels             the same
+    attrs: classes (10 names), source, source_sha256 (local files)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline.atomic import atomic_path
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SPLITS = ("train", "test")
+IMAGE_SHAPE = (32, 32, 3)
+CHUNK_IMAGES = 1024  # ~3 MiB chunks: large sequential reads, cheap random batches
+
+
+class DataError(PipelineError):
+    """A CIFAR-10 source or file is missing, corrupt or not CIFAR-10 shaped."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # uint8 (N, 32, 32, 3)
+    labels: np.ndarray  # uint8 (N,)
+
+
+@dataclass(frozen=True)
+class Cifar10:
+    train: Split
+    test: Split
+    classes: tuple[str, ...]
+    source: str
+    source_sha256: str = ""
+
+
+def load_source(source: str, cache_dir: str | Path) -> Cifar10:
+    """Load CIFAR-10 from "torchvision" (download), a .npz file or a cifar-10-batches-py folder."""
+    if source == "torchvision":
+        return _from_torchvision(Path(cache_dir), download=True)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(
+            f"download.source = {source!r}: no such file or folder. Use 'torchvision' to download, "
+            "a .npz with x_train/y_train/x_test/y_test, or a cifar-10-batches-py folder."
+        )
+    if path.is_dir():
+        return _from_batches_folder(path)
+    return _from_npz(path)
+
+
+def _from_npz(path: Path) -> Cifar10:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
+            if missing:
+                raise DataError(f"{path}: missing arrays {sorted(missing)}; expected x_train, y_train, x_test, y_test")
+            arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            classes = tuple(str(c) for c in z["classes"]) if "classes" in z.files else CLASSES
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
+        raise DataError(f"{path}: corrupt or truncated .npz ({type(e).__name__}: {e}); re-download or re-create it") from None
+    return Cifar10(
+        train=Split(arrays["x_train"], arrays["y_train"]),
+        test=Split(arrays["x_test"], arrays["y_test"]),
+        classes=classes,
+        source=str(path),
+        source_sha256=sha256_file(path),
+    )
+
+
+def _from_batches_folder(path: Path) -> Cifar10:
+    # torchvision checks each batch file against the official md5 before it unpickles it, so a
+    # tampered or truncated file is rejected instead of being unpickled.
+    if path.name != "cifar-10-batches-py":
+        raise DataError(f"{path}: a local CIFAR-10 folder must be the extracted 'cifar-10-batches-py' folder")
+    return _from_torchvision(path.parent, download=False)
+
+
+def _from_torchvision(root: Path, download: bool) -> Cifar10:
+    from torchvision.datasets import CIFAR10
+
+    splits = {}
+    for split in SPLITS:
+        try:
+            ds = CIFAR10(root=str(root), train=split == "train", download=download)
+        except RuntimeError as e:  # torchvision: "Dataset not found or corrupted."
+            raise DataError(f"{root / 'cifar-10-batches-py'}: {e} Delete the folder and download again.") from None
+        splits[split] = Split(np.asarray(ds.data), np.asarray(ds.targets))
+    origin = "torchvision.datasets.CIFAR10" if download else str(root / "cifar-10-batches-py")
+    return Cifar10(splits["train"], splits["test"], tuple(ds.classes), origin)
+
+
+def validate(data: Cifar10, expect: dict[str, int | None]) -> Cifar10:
+    """Check shapes, dtypes, label range and counts; return labels as uint8."""
+    out = {}
+    for split in SPLITS:
+        s: Split = getattr(data, split)
+        x, y = s.images, np.asarray(s.labels)
+        where = f"{data.source} ({split})"
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
+            raise DataError(f"{where}: images must be uint8 (N, 32, 32, 3), got {x.dtype} {x.shape}")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{where}: {len(x)} images but labels of shape {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{where}: labels must be integers, got {y.dtype}")
+        if len(y) and (y.min() < 0 or y.max() >= len(CLASSES)):
+            raise DataError(f"{where}: labels must lie in 0..9, got {y.min()}..{y.max()}")
+        want = expect.get(split)
+        if want is not None and len(x) != want:
+            raise DataError(
+                f"{where}: {len(x)} images, expected {want} (download.expect_{split}); the source is "
+                f"truncated or not CIFAR-10 -- or set download.expect_{split} to null to accept it"
+            )
+        out[split] = Split(np.ascontiguousarray(x), y.astype(np.uint8))
+    if len(data.classes) != len(CLASSES):
+        raise DataError(f"{data.source}: expected 10 class names, got {len(data.classes)}")
+    return Cifar10(out["train"], out["test"], data.classes, data.source, data.source_sha256)
+
+
+def write_h5(data: Cifar10, target: str | Path) -> None:
+    """Write the validated data set to `target` atomically."""
+    with atomic_path(target) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for split in SPLITS:
+                s: Split = getattr(data, split)
+                g = f.create_group(split)
+                n = len(s.images)
+                g.create_dataset("images", data=s.images, chunks=(max(1, min(n, CHUNK_IMAGES)), *IMAGE_SHAPE))
+                g.create_dataset("labels", data=s.labels)
+            f.attrs["classes"] = list(data.classes)
+            f.attrs["source"] = data.source
+            f.attrs["source_sha256"] = data.source_sha256
+
+
+def read_split(path: str | Path, split: str) -> Split:
+    """Read one split of the raw HDF5 file into memory."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the download stage first (dvc repro download)")
+    with h5py.File(path, "r") as f:
+        if split not in f:
+            raise DataError(f"{path}: has no '{split}' group; re-run the download stage")
+        return Split(f[split]["images"][:], f[split]["labels"][:])
+
+
+def read_classes(path: str | Path) -> tuple[str, ...]:
+    with h5py.File(path, "r") as f:
+        return tuple(str(c) for c in f.attrs["classes"])
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,180 @@
+"""Typed, validated view of params.yaml.
+
+params.yaml is the single source of settings. It is parsed here once, at the edge, into frozen
+pydantic models; every stage receives the typed section(s) it needs and nothing else. A bad value
+fails with a message naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pipeline.errors import PipelineError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["fp32", "bf16"]
+
+
+class ParamsError(PipelineError):
+    """A params.yaml value is missing, of the wrong type or out of range."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DownloadParams(Section):
+    # "torchvision" downloads with torchvision.datasets.CIFAR10 into cache_dir; anything else is a
+    # path to a local .npz (x_train, y_train, x_test, y_test) or a cifar-10-batches-py folder.
+    source: str
+    cache_dir: str
+    # Expected image counts; a source with other counts is rejected (null: accept any count).
+    expect_train: int | None = Field(ge=1)
+    expect_test: int | None = Field(ge=1)
+
+
+class ExtractParams(Section):
+    # Registry name, see pipeline.encoders: cifar_resnet20/32/44/56, resnet18, resnet50, vgg16_bn,
+    # efficientnet_lite0, or "pixels" (the classic demo's pixel-palette tokenizer).
+    encoder: str
+    layers: list[str]
+    grid: int = Field(ge=1, le=64)  # every layer is pooled/resized to grid x grid and concatenated
+    input_size: int = Field(ge=8, le=512)  # images are resized to this before the encoder
+    standardize: bool  # per-channel mean/std fitted on train
+    batch_size: int = Field(ge=1)
+    precision: Precision
+    device: Device
+
+
+class CodebookParams(Section):
+    k: int = Field(ge=2, le=65_535)  # tokens are stored as uint16
+    niter: int = Field(ge=1)
+    seed: int = Field(ge=0)
+    sample_size: int = Field(ge=1)  # training vectors sampled for k-means
+    # FAISS silently subsamples to this many points per centroid; set explicitly.
+    max_points_per_centroid: int = Field(ge=1)
+    device: Device
+
+
+class DecoderParams(Section):
+    channels: int = Field(ge=8)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    pixel_loss: Literal["l1", "mse"]
+    perceptual_weight: float = Field(ge=0)
+    seed: int = Field(ge=0)
+    precision: Precision
+    device: Device
+
+
+class TrainParams(Section):
+    n_layer: int = Field(ge=1)
+    n_head: int = Field(ge=1)
+    n_embd: int = Field(ge=8)
+    dropout: float = Field(ge=0, lt=1)
+    pos_emb: Literal["1d", "2d"]
+    conditional: bool
+    label_dropout: float = Field(ge=0, le=1)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    min_lr: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+    weight_decay: float = Field(ge=0)
+    beta1: float = Field(ge=0, lt=1)
+    beta2: float = Field(ge=0, lt=1)
+    grad_clip: float = Field(ge=0)
+    seed: int = Field(ge=0)
+    precision: Precision
+    compile: bool
+    device: Device
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TrainParams:
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"e.g. n_head in {[h for h in range(1, 17) if self.n_embd % h == 0]}"
+            )
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        return self
+
+
+class SampleParams(Section):
+    n_per_class: int = Field(ge=1)  # conditional models; unconditional: n_per_class * 10 images
+    temperature: float = Field(gt=0)
+    top_k: int | None = Field(ge=1)
+    top_p: float | None = Field(gt=0, le=1)
+    cfg_scale: float = Field(ge=0)  # classifier-free guidance; 1.0 = off
+    batch_size: int = Field(ge=1)
+    seed: int = Field(ge=0)
+    device: Device
+
+
+class EvaluateParams(Section):
+    n_samples: int = Field(ge=2)  # generated images compared with the test set
+    batch_size: int = Field(ge=1)
+    kid_subset_size: int = Field(ge=2)
+    seed: int = Field(ge=0)
+    device: Device
+
+
+class Params(Section):
+    download: DownloadParams
+    extract: ExtractParams
+    codebook: CodebookParams
+    decoder: DecoderParams
+    train: TrainParams
+    sample: SampleParams
+    evaluate: EvaluateParams
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _section_is_mapping(cls, value):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"expected a mapping of keys, got {type(value).__name__}")
+        return value if value is not None else {}
+
+
+def _explain(error: ValidationError, path: Path) -> str:
+    lines = [f"{path}: {error.error_count()} invalid value(s)"]
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; allowed keys are in pipeline/params.py)")
+        elif e["type"] == "missing":
+            lines.append(f"  {key}: missing")
+        else:
+            lines.append(f"  {key} = {e.get('input')!r}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, path: Path = DEFAULT_PARAMS) -> Params:
+    """Validate a params mapping (as loaded from YAML) into typed sections."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of stage sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(_explain(e, path)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the project root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    return parse_params(raw, path)

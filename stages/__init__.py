@@ -1,0 +1,19 @@
+"""Thin DVC stage entry points: one typer sub-command per stage (see `python -m stages --help`)."""
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="CNN-token image GPT on CIFAR-10. Each sub-command is one DVC stage (see dvc.yaml).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file to read")
+
+
+@app.callback()
+def _group() -> None:
+    """Run one stage of the pipeline; `dvc repro` runs them in order."""

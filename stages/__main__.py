@@ -1,0 +1,23 @@
+"""`python -m stages <stage>`: run one pipeline stage."""
+
+import sys
+
+from pipeline.errors import PipelineError
+from pipeline.runtime import setup_logging
+from stages import app
+
+# Importing a stage module registers its sub-command on `app`, in pipeline order.
+from stages import download  # noqa: E402,F401
+
+
+def main() -> None:
+    setup_logging()
+    try:
+        app()
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Where each stage reads and writes. dvc.yaml names the same paths."""
+
+from pathlib import Path
+
+RAW = Path("data/raw/cifar10.h5")
+FEATURES = Path("data/features/features.h5")
+TOKENS = Path("data/tokens/tokens.h5")
+CODEBOOK = Path("data/tokens/codebook.safetensors")
+DECODER_DIR = Path("data/models/decoder")
+DECODER_CHECKPOINTS = Path("data/checkpoints/decoder")
+GPT_DIR = Path("data/models/gpt")
+GPT_CHECKPOINTS = Path("data/checkpoints/gpt")
+SAMPLES = Path("data/samples/samples.h5")
+SAMPLE_GRID = Path("data/samples/grid.png")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
