@@ -1,0 +1,80 @@
+"""Shared test helpers: repo paths, the real-data locations, synthetic CIFAR-shaped data."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REAL_NPZ = SHARED / "data" / "cifar10" / "cifar10.npz"
+TORCH_HOME = SHARED / "torch-home"
+
+requires_real_cifar = pytest.mark.skipif(not REAL_NPZ.is_file(), reason=f"real CIFAR-10 not at {REAL_NPZ}")
+requires_real_weights = pytest.mark.skipif(
+    not (TORCH_HOME / "hub" / "checkpoints").is_dir(), reason=f"pre-trained weights not at {TORCH_HOME}"
+)
+
+
+def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n random CIFAR-shaped uint8 images and labels cycling through the 10 classes."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), (np.arange(n) % 10).astype(np.uint8)
+
+
+def write_npz(path: Path, n_train: int = 60, n_test: int = 20, **overrides) -> Path:
+    x_train, y_train = make_images(n_train, seed=1)
+    x_test, y_test = make_images(n_test, seed=2)
+    arrays = dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def synthetic_npz(tmp_path: Path) -> Path:
+    return write_npz(tmp_path / "cifar_small.npz")
+
+
+@pytest.fixture
+def repo_params() -> dict:
+    """The repository's params.yaml as a plain mapping (a fresh copy per test)."""
+    return copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
+
+
+def venv_env() -> dict[str, str]:
+    """Environment in which `python` and `dvc` are the ones running the tests."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def copy_repo(dest: Path) -> Path:
+    """A fresh git repository holding the project's tracked files, as a user's clone would."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for rel in filter(None, files.decode().split("\0")):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with the test environment; show its output when it fails."""
+    proc = subprocess.run(cmd, cwd=cwd, env=venv_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
