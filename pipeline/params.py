@@ -58,14 +58,17 @@ class CodebookParams(Section):
     sample_size: int = Field(ge=1)  # training vectors sampled for k-means
     # FAISS silently subsamples to this many points per centroid; set explicitly.
     max_points_per_centroid: int = Field(ge=1)
+    init: Literal["random", "kmeans++"]  # FAISS centroid initialisation
     device: Device
 
 
 class DecoderParams(Section):
-    channels: int = Field(ge=8)
+    channels: int = Field(ge=8)  # width at the token grid; halves (to >= 32) at each 2x upsampling
+    res_blocks: int = Field(ge=0)  # residual blocks at the token grid
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)  # linear warm-up, then cosine decay to 0
     weight_decay: float = Field(ge=0)
     pixel_loss: Literal["l1", "mse"]
     perceptual_weight: float = Field(ge=0)
@@ -120,11 +123,20 @@ class SampleParams(Section):
 
 
 class EvaluateParams(Section):
-    n_samples: int = Field(ge=2)  # generated images compared with the test set
+    # Images in each set compared with the test set (samples, reconstructions, train images): a seeded
+    # subset of data/samples, which must hold at least this many. FID depends on the set size, so
+    # the reference sets have the same size.
+    n_samples: int = Field(ge=2)
     batch_size: int = Field(ge=1)
-    kid_subset_size: int = Field(ge=2)
-    seed: int = Field(ge=0)
+    kid_subset_size: int = Field(ge=2)  # KID averages over 100 random subsets of this size
+    seed: int = Field(ge=0)  # the subset of samples and the KID subsets
     device: Device
+
+    @model_validator(mode="after")
+    def _kid_subset_fits(self) -> EvaluateParams:
+        if self.kid_subset_size > self.n_samples:
+            raise ValueError(f"kid_subset_size ({self.kid_subset_size}) must not exceed n_samples ({self.n_samples})")
+        return self
 
 
 class Params(Section):

@@ -1,8 +1,14 @@
 """Thin DVC stage entry points: one typer sub-command per stage (see `python -m stages --help`)."""
 
-from pathlib import Path
+import os
 
-import typer
+# FAISS's OpenMP threads busy-wait by default and starve torch's on a small CPU (3-5x slower k-means
+# on 2 cores); this only works if set before torch or faiss load libgomp, hence here, first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
+
+import typer  # noqa: E402
 
 app = typer.Typer(
     help="CNN-token image GPT on CIFAR-10. Each sub-command is one DVC stage (see dvc.yaml).",

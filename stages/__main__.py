@@ -8,6 +8,12 @@ from stages import app
 
 # Importing a stage module registers its sub-command on `app`, in pipeline order.
 from stages import download  # noqa: E402,F401
+from stages import extract  # noqa: E402,F401
+from stages import codebook  # noqa: E402,F401
+from stages import decoder  # noqa: E402,F401
+from stages import train  # noqa: E402,F401
+from stages import sample  # noqa: E402,F401
+from stages import evaluate  # noqa: E402,F401
 
 
 def main() -> None:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import copy
 import os
+
+# FAISS's OpenMP threads busy-wait by default, which starves torch on 2 cores; this must be set
+# before torch or faiss load libgomp (stages/__init__.py does the same for the CLI).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import copy  # noqa: E402
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import yaml
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -22,6 +28,15 @@ requires_real_cifar = pytest.mark.skipif(not REAL_NPZ.is_file(), reason=f"real C
 requires_real_weights = pytest.mark.skipif(
     not (TORCH_HOME / "hub" / "checkpoints").is_dir(), reason=f"pre-trained weights not at {TORCH_HOME}"
 )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Test models are tiny: 2 OpenMP threads on 2 busy cores spend far longer in barriers than in math."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

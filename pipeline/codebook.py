@@ -1,0 +1,307 @@
+"""FAISS k-means codebook: fit on a seeded sample of grid-cell features, assign every cell a code.
+
+Features are (N, H, W, C) grids (CNN patch features, or RGB pixels for the classic demo's palette
+tokenizer); a cell's token is the index of its nearest centroid, so an image becomes H*W tokens in
+raster order. Everything here works on numpy arrays or h5py datasets alike, batch by batch, so a
+feature file larger than memory can be tokenised.
+
+Determinism: the sample is drawn with numpy's seeded Generator and FAISS's own RNG (initialisation,
+subsampling) is seeded from the same seed. On CPU, FAISS k-means is bitwise reproducible for a given
+seed and thread count (checked by tests/test_codebook.py); across thread counts the BLAS reduction
+order can change, which may flip near-tie assignments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+# FAISS's OpenMP threads (and its OpenMP OpenBLAS) spin while waiting by default; on a shared, busy
+# 2-core machine that made k-means 3-5x slower (10.0 s vs 2.2 s passive, 200k x 64 -> 512, 5 iterations).
+# libgomp reads this once, when it is first loaded: it works here only if nothing (torch!) loaded it
+# before, so the CLI (stages/__init__.py) sets it first too. A user's setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import faiss  # noqa: E402
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+from safetensors.numpy import load_file, save_file  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from pipeline.atomic import atomic_path  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+FEATURE_DTYPES = (np.float16, np.float32)
+# Vectors per FAISS search call when assigning: ~16 MiB of float32 at 64 dims, large enough for BLAS.
+ASSIGN_BATCH_VECTORS = 65_536
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    centroids: np.ndarray  # float32 (K, C)
+    objective: float  # FAISS's final sum of squared distances over the points it trained on
+    n_fit: int  # points FAISS actually trained on: min(len(sample), k * max_points_per_centroid)
+    seconds: float
+    gpu: bool
+
+
+@dataclass(frozen=True)
+class Assignment:
+    tokens: np.ndarray  # uint16 (N, H*W), raster order
+    sse: float  # sum over cells of squared distance to the assigned centroid
+    sst: float  # sum over cells of squared distance to the split's mean vector
+    seconds: float
+
+    @property
+    def relative_error(self) -> float:
+        # Relative quantisation error = SSE / SST, i.e. the fraction of the features' variance that
+        # the codebook leaves unexplained (0: perfect, 1: no better than the mean vector).
+        return self.sse / self.sst if self.sst > 0 else 0.0
+
+
+def use_faiss_gpu(device: str) -> bool:
+    """'auto' -> GPU FAISS when this FAISS build sees a GPU; 'cuda' insists; 'cpu' never."""
+    n_gpus = faiss.get_num_gpus()
+    if device == "cuda" and n_gpus == 0:
+        raise PipelineError(
+            "codebook.device = 'cuda' but this FAISS build sees no GPU (faiss-cpu is installed, or no "
+            "CUDA device). Install faiss-gpu on a GPU machine, or set codebook.device to 'auto' or 'cpu'."
+        )
+    return device != "cpu" and n_gpus > 0
+
+
+def _flat_index(dim: int, gpu: bool) -> faiss.Index:
+    index = faiss.IndexFlatL2(dim)
+    return faiss.index_cpu_to_all_gpus(index) if gpu else index
+
+
+def iter_batches(features, batch_images: int, desc: str = "") -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (first image index, float32 (b, H*W, C)) over an (N, H, W, C) array or h5 dataset."""
+    n, h, w, c = features.shape
+    for start in tqdm(range(0, n, batch_images), desc=desc, unit="batch", disable=not desc, leave=False):
+        block = np.asarray(features[start : start + batch_images], dtype=np.float32)
+        yield start, block.reshape(len(block), h * w, c)
+
+
+def _images_per_batch(features) -> int:
+    _, h, w, _ = features.shape
+    return max(1, ASSIGN_BATCH_VECTORS // (h * w))
+
+
+def sample_vectors(features, sample_size: int, seed: int) -> np.ndarray:
+    """float32 (min(sample_size, N*H*W), C): grid cells drawn without replacement, seeded.
+
+    The sampled indices are sorted so an h5 dataset is read once, sequentially, batch by batch.
+    """
+    n, h, w, c = features.shape
+    total = n * h * w
+    if sample_size >= total:
+        chosen = np.arange(total)
+    else:
+        chosen = np.sort(np.random.default_rng(seed).choice(total, size=sample_size, replace=False))
+    out = np.empty((len(chosen), c), dtype=np.float32)
+    filled = 0
+    for start, block in iter_batches(features, _images_per_batch(features), desc="sample"):
+        lo, hi = start * h * w, (start + len(block)) * h * w
+        a, b = np.searchsorted(chosen, [lo, hi])
+        out[filled : filled + b - a] = block.reshape(-1, c)[chosen[a:b] - lo]
+        filled += b - a
+    return out
+
+
+# Centroid initialisation: FAISS's default picks k random training points (cheapest); k-means++ costs
+# k extra passes over the sample but avoids merged clusters when the data has few, well separated modes.
+INIT_METHODS = {
+    "random": faiss.ClusteringInitMethod_RANDOM,
+    "kmeans++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
+}
+
+
+def fit_kmeans(
+    x: np.ndarray,
+    k: int,
+    niter: int,
+    seed: int,
+    max_points_per_centroid: int,
+    gpu: bool = False,
+    init: str = "random",
+) -> KMeansResult:
+    """FAISS k-means on float32 (n, C) training vectors.
+
+    max_points_per_centroid is passed explicitly: FAISS otherwise silently subsamples the training set
+    to 256 points per centroid.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, dim = x.shape
+    if n < k:
+        raise PipelineError(
+            f"codebook: only {n} training vectors for k = {k} centroids; "
+            "lower codebook.k or raise codebook.sample_size (or extract more features)."
+        )
+    km = faiss.Kmeans(
+        dim,
+        k,
+        niter=niter,
+        seed=seed,
+        max_points_per_centroid=max_points_per_centroid,
+        min_points_per_centroid=1,  # small k-means runs are legitimate; do not warn
+        init_method=INIT_METHODS[init],
+        gpu=gpu,
+        verbose=False,
+    )
+    n_fit = min(n, k * max_points_per_centroid)
+    if n_fit < n:
+        log.warning(
+            "FAISS trains on a random %d of the %d sampled vectors (k * max_points_per_centroid); "
+            "raise codebook.max_points_per_centroid to use them all", n_fit, n,
+        )  # fmt: skip
+    t0 = time.perf_counter()
+    objective = float(km.train(x))
+    seconds = time.perf_counter() - t0
+    log.info(
+        "k-means: %d x %d -> %d codes, %d iterations on %d points (%s): objective %.4g -> %.4g in %.1f s",
+        *(n, dim, k, niter, n_fit, "GPU" if gpu else "CPU", km.obj[0], objective, seconds),
+    )
+    return KMeansResult(np.ascontiguousarray(km.centroids, dtype=np.float32), objective, n_fit, seconds, gpu)
+
+
+def assign(features, centroids: np.ndarray, gpu: bool = False, desc: str = "") -> Assignment:
+    """Nearest centroid of every grid cell of an (N, H, W, C) array or h5 dataset, batch by batch."""
+    n, h, w, c = features.shape
+    k = len(centroids)
+    if k > np.iinfo(np.uint16).max + 1:
+        raise PipelineError(f"codebook: k = {k} codes do not fit uint16 tokens; use k <= 65536")
+    index = _flat_index(c, gpu)
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    tokens = np.empty((n, h * w), dtype=np.uint16)
+    sse, sum_sq, sum_x, count = 0.0, 0.0, np.zeros(c), 0
+    t0 = time.perf_counter()
+    for start, block in iter_batches(features, _images_per_batch(features), desc=desc):
+        flat = block.reshape(-1, c)
+        _, nearest = index.search(flat, 1)
+        nearest = nearest.ravel()
+        tokens[start : start + len(block)] = nearest.reshape(len(block), h * w)
+        # Exact residuals rather than FAISS's distances, which come from ||x||^2 - 2xc + ||c||^2 and
+        # lose precision exactly when the error is near zero.
+        sse += float(np.square(flat - centroids[nearest], dtype=np.float64).sum())
+        sum_sq += float(np.square(flat, dtype=np.float64).sum())
+        sum_x += flat.sum(axis=0, dtype=np.float64)
+        count += len(flat)
+    sst = sum_sq - float(sum_x @ sum_x) / max(count, 1)
+    return Assignment(tokens, sse, max(sst, 0.0), time.perf_counter() - t0)
+
+
+def code_counts(tokens: np.ndarray, k: int) -> np.ndarray:
+    return np.bincount(tokens.ravel(), minlength=k)
+
+
+def perplexity(counts: np.ndarray) -> float:
+    """exp(entropy) of the code frequencies: the effective number of codes in use (k when uniform)."""
+    p = counts[counts > 0] / counts.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def palette_decode(
+    tokens: np.ndarray,
+    centroids: np.ndarray,
+    grid: int,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+) -> np.ndarray:
+    """Pixel-palette decoder: tokens (N, grid*grid) -> uint8 RGB images (N, grid, grid, 3).
+
+    For extract.encoder = pixels the centroids are colours in [0, 1] (standardised ones when the
+    features were: pass stats/mean and stats/std from features.h5 to undo it).
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[1] != grid * grid:
+        raise ValueError(f"tokens must be (N, {grid * grid}) for grid {grid}, got {tokens.shape}")
+    if centroids.ndim != 2 or centroids.shape[1] != 3:
+        raise ValueError(f"palette decoding needs RGB centroids (K, 3), got {centroids.shape}")
+    colours = centroids.astype(np.float32)
+    if std is not None:
+        colours = colours * np.asarray(std, dtype=np.float32)
+    if mean is not None:
+        colours = colours + np.asarray(mean, dtype=np.float32)
+    palette = np.clip(np.rint(colours * 255.0), 0, 255).astype(np.uint8)
+    return palette[tokens].reshape(len(tokens), grid, grid, 3)
+
+
+# ---- artifacts: features.h5 in, codebook.safetensors and tokens.h5 out (contracts in the README) ----
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    encoder: str
+    grid_h: int
+    grid_w: int
+    dim: int
+    counts: dict[str, int]  # images per split
+
+
+def check_features(f: h5py.File, path: str | Path) -> FeatureLayout:
+    """Validate an open features.h5 against the contract; a mismatch names the file and the fix."""
+    fix = "re-run the extract stage (`dvc repro extract`) to rewrite it"
+
+    def bad(problem: str) -> PipelineError:
+        return PipelineError(f"{path}: {problem}; {fix}")
+
+    shapes = {}
+    for split in SPLITS:
+        for name in ("features", "labels"):
+            if f"{split}/{name}" not in f:
+                raise bad(f"missing dataset {split}/{name} (expected train/ and test/ features and labels)")
+        feats, labels = f[f"{split}/features"], f[f"{split}/labels"]
+        if feats.ndim != 4 or feats.shape[0] == 0:
+            raise bad(f"{split}/features has shape {feats.shape}, expected a non-empty (N, H, W, C) grid")
+        if feats.dtype not in FEATURE_DTYPES:
+            raise bad(f"{split}/features has dtype {feats.dtype}, expected float16 (or float32)")
+        if labels.shape != feats.shape[:1] or labels.dtype != np.uint8:
+            raise bad(f"{split}/labels is {labels.dtype} {labels.shape}, expected uint8 ({feats.shape[0]},)")
+        shapes[split] = feats.shape
+    if shapes["train"][1:] != shapes["test"][1:]:
+        raise bad(f"train features are (H, W, C) = {shapes['train'][1:]} but test are {shapes['test'][1:]}")
+    _, h, w, c = shapes["train"]
+    if "encoder" not in f.attrs:
+        raise bad("attribute 'encoder' is missing")
+    grid = f.attrs.get("grid")
+    if grid is None or not (int(grid) == h == w):
+        raise bad(f"attribute grid = {grid} does not match the feature grid {h} x {w}")
+    return FeatureLayout(str(f.attrs["encoder"]), h, w, c, {s: shapes[s][0] for s in SPLITS})
+
+
+def write_codebook(path: str | Path, centroids: np.ndarray, metadata: dict) -> None:
+    """safetensors with tensor `centroids` float32 (K, C); metadata values are stored as strings."""
+    with atomic_path(path) as tmp:
+        save_file(
+            {"centroids": np.ascontiguousarray(centroids, dtype=np.float32)},
+            str(tmp),
+            metadata={key: str(value) for key, value in metadata.items()},
+        )
+        tmp.chmod(0o644)  # safetensors creates the file owner-only; make it readable like every other artifact
+
+
+def load_codebook(path: str | Path) -> np.ndarray:
+    """The centroids float32 (K, C) of a codebook.safetensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: codebook not found; run the codebook stage (`dvc repro codebook`) first")
+    return load_file(str(path))["centroids"]
+
+
+def write_tokens(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], attrs: dict) -> None:
+    """tokens.h5: <split>/tokens uint16 (N, H*W) raster order and <split>/labels uint8, plus attrs."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for split, (tokens, labels) in splits.items():
+            g = f.create_group(split)
+            g.create_dataset("tokens", data=tokens.astype(np.uint16), chunks=(min(len(tokens), 1024), tokens.shape[1]))
+            g.create_dataset("labels", data=labels.astype(np.uint8))
+        for key, value in attrs.items():
+            f.attrs[key] = value

@@ -1,0 +1,300 @@
+"""A small decoder-only transformer over codebook tokens (in the spirit of minGPT / nanoGPT).
+
+Sequence layout: slot 0 holds a prefix token (a start token for unconditional models, the class
+token - or the null class, for classifier-free guidance - for conditional ones); slot t > 0 holds
+code t-1. Slot t predicts code t, so a grid of H*W codes is modelled by H*W slots and the learned
+position embedding of slot t is the position of the code it predicts (`2d`: row + column).
+
+Vocabulary: codes 0..K-1, then either one start token (K) or n_classes class tokens K..K+n-1 and
+a null-class token K+n. Sampling never emits a special token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from pipeline.atomic import atomic_path
+from pipeline.errors import PipelineError
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    k: int  # codebook size
+    grid_h: int
+    grid_w: int
+    n_classes: int
+    conditional: bool
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float
+    pos_emb: Literal["1d", "2d"]
+
+    @property
+    def block_size(self) -> int:
+        return self.grid_h * self.grid_w
+
+    @property
+    def null_token(self) -> int:
+        """Null class (conditional) or start token (unconditional)."""
+        return self.k + (self.n_classes if self.conditional else 0)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.null_token + 1
+
+    def prefix(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        """Slot-0 tokens: class tokens for a conditional model, else the start token."""
+        if self.conditional and labels is not None:
+            return labels.to(device=device, dtype=torch.long) + self.k
+        return torch.full((batch,), self.null_token, dtype=torch.long, device=device)
+
+
+class KVBuffer:
+    """One layer's cached keys/values in buffers preallocated to the block size: a decoding step
+    writes in place, where torch.cat would copy every earlier step again (half the sampling time
+    of a small model on CPU). Indexing gives (k, v) views of the filled part, like the plain tuple."""
+
+    def __init__(self, past: KV, capacity: int):
+        B, H, _, D = past[0].shape
+        self.k, self.v = past[0].new_empty(B, H, capacity, D), past[1].new_empty(B, H, capacity, D)
+        self.length = 0
+        self.append(*past)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> KV:
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache of {self.k.shape[2]} slots cannot take {end}")
+        self.k[:, :, self.length : end], self.v[:, :, self.length : end] = k, v
+        self.length = end
+        return self[0], self[1]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return (self.k, self.v)[i][:, :, : self.length]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig, attn_impl: str = "sdpa"):
+        super().__init__()
+        self.n_head, self.dropout, self.attn_impl = cfg.n_head, cfg.dropout, attn_impl
+        self.block_size = cfg.block_size
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, past: KV | KVBuffer | None) -> tuple[torch.Tensor, KV | KVBuffer]:
+        B, L, C = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        present = (k, v)  # a forward without past (training) allocates no buffer
+        if past is not None:
+            present = past if isinstance(past, KVBuffer) else KVBuffer(past, self.block_size)
+            k, v = present.append(k, v)
+        S = k.shape[2]
+        # Causal: query i (absolute position S-L+i) sees keys <= it. Without a cache that is
+        # SDPA's is_causal; one new query sees everything; otherwise an explicit mask.
+        mask = None if L == 1 or S == L else torch.ones(L, S, dtype=torch.bool, device=x.device).tril(S - L)
+        p = self.dropout if self.training else 0.0
+        if self.attn_impl == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=S == L and L > 1)
+        else:
+            y = reference_attention(q, k, v, mask if mask is not None or L == 1 else _causal(L, x.device), p)
+        y = y.transpose(1, 2).reshape(B, L, C)
+        return self.resid_drop(self.proj(y)), present
+
+
+def _causal(n: int, device) -> torch.Tensor:
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+
+
+def reference_attention(q, k, v, mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
+    """The explicit softmax(QK^T / sqrt(d)) V of minGPT, kept as the benchmark baseline."""
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        att = att.masked_fill(~mask, float("-inf"))
+    att = F.dropout(att.softmax(-1), dropout_p)
+    return att @ v
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, attn_impl: str):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.n_embd), nn.LayerNorm(cfg.n_embd)
+        self.attn = SelfAttention(cfg, attn_impl)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.n_embd, 4 * cfg.n_embd),
+            nn.GELU(),
+            nn.Linear(4 * cfg.n_embd, cfg.n_embd),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x, past: KV | None):
+        a, present = self.attn(self.ln1(x), past)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), present
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig, attn_impl: Literal["sdpa", "reference"] = "sdpa"):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        if cfg.pos_emb == "2d":
+            self.row_emb = nn.Parameter(torch.zeros(cfg.grid_h, cfg.n_embd))
+            self.col_emb = nn.Parameter(torch.zeros(cfg.grid_w, cfg.n_embd))
+        else:
+            self.pos_emb = nn.Parameter(torch.zeros(cfg.block_size, cfg.n_embd))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, attn_impl) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.head.weight = self.wte.weight  # tied input/output embeddings
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith(("attn.proj.weight", "mlp.2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def positions(self, start: int, length: int) -> torch.Tensor:
+        if start + length > self.cfg.block_size:
+            raise ValueError(f"sequence of {start + length} slots exceeds block size {self.cfg.block_size}")
+        if self.cfg.pos_emb == "1d":
+            return self.pos_emb[start : start + length]
+        pos = torch.arange(start, start + length, device=self.row_emb.device)
+        return self.row_emb[pos // self.cfg.grid_w] + self.col_emb[pos % self.cfg.grid_w]
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        past_kv: list[KV] | None = None,
+        use_cache: bool = False,
+    ):
+        """idx (B, L) slot tokens -> (logits (B, L, V), loss or None, present_kv or None)."""
+        start = 0 if past_kv is None else past_kv[0][0].shape[2]
+        x = self.drop(self.wte(idx) + self.positions(start, idx.shape[1]))
+        present = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, None if past_kv is None else past_kv[i])
+            present.append(kv)
+        logits = self.head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return logits, loss, (present if use_cache else None)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Decay matrices and embeddings (>= 2-dim); not biases, LayerNorm gains."""
+        params = [p for p in self.parameters() if p.requires_grad]  # the tied weight appears once
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Sample n code grids -> (n, H*W) int64 codes. temperature 0 = greedy.
+
+        Conditional models take `labels` (n,); cfg_scale != 1 runs a null-class copy alongside
+        and mixes logits uncond + s * (cond - uncond). use_cache=False re-runs the whole prefix
+        every step (the reference the KV cache is tested against).
+        """
+        cfg, device = self.cfg, next(self.parameters()).device
+        if cfg.conditional and labels is None:
+            raise ValueError("a conditional model needs labels to sample")
+        if generator is None and seed is not None:
+            generator = torch.Generator(device=device).manual_seed(seed)
+        prefix = cfg.prefix(labels, n, device)
+        guided = cfg.conditional and cfg_scale != 1.0
+        if guided:
+            prefix = torch.cat([prefix, cfg.prefix(None, n, device)])
+        seq = prefix[:, None]
+        out = torch.empty(n, cfg.block_size, dtype=torch.long, device=device)
+        past, step_in = None, seq
+        for t in range(cfg.block_size):
+            if use_cache:
+                logits, _, past = self(step_in, past_kv=past, use_cache=True)
+            else:
+                logits, _, _ = self(seq)
+            logits = logits[:, -1, : cfg.k].float()  # never sample a special token
+            if guided:
+                cond, uncond = logits[:n], logits[n:]
+                logits = uncond + cfg_scale * (cond - uncond)
+            nxt = sample_logits(logits, temperature, top_k, top_p, generator)
+            out[:, t] = nxt
+            step_in = torch.cat([nxt, nxt])[:, None] if guided else nxt[:, None]
+            seq = torch.cat([seq, step_in], 1)
+        return out
+
+
+def sample_logits(logits, temperature: float, top_k: int | None, top_p: float | None, generator) -> torch.Tensor:
+    """(B, V) logits -> (B,) token ids."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, -1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix reaching top_p
+        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def training_inputs(tokens: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+    """(B, T) codes + (B,) prefix -> (B, T) slot inputs: prefix then codes shifted right."""
+    return torch.cat([prefix[:, None], tokens[:, :-1]], 1)
+
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+def save_gpt(model: GPT, out_dir: str | Path, extra: dict | None = None) -> None:
+    """Write model.safetensors + config.json as one directory, atomically."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        save_model(model, str(tmp / WEIGHTS_FILE))  # handles the tied embedding
+        (tmp / CONFIG_FILE).write_text(json.dumps({"model": asdict(model.cfg), **(extra or {})}, indent=2) + "\n")
+
+
+def load_gpt(model_dir: str | Path, device: str | torch.device = "cpu") -> GPT:
+    model_dir = Path(model_dir)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (model_dir / name).is_file():
+            raise PipelineError(f"{model_dir / name}: missing; run the train stage (dvc repro train)")
+    cfg = GPTConfig(**json.loads((model_dir / CONFIG_FILE).read_text())["model"])
+    model = GPT(cfg)
+    load_model(model, str(model_dir / WEIGHTS_FILE), device=str(device))
+    return model.to(device).eval()

@@ -1,0 +1,329 @@
+"""Train the token GPT: AdamW, warmup + cosine schedule, per-epoch test NLL, resumable, DDP-ready.
+
+One code path for 1 process and for `torchrun --nproc_per_node=N` (NCCL on GPU, gloo on CPU):
+`batch_size` is the GLOBAL batch, split evenly over ranks; rank 0 alone writes files.
+
+Determinism: the shuffle (DistributedSampler), label dropout and every rank's dropout RNG are
+derived from (seed, epoch[, rank]), so a run resumed from an epoch checkpoint replays exactly what
+the uninterrupted run would have done, whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from pipeline import tokens as tok
+from pipeline.atomic import atomic_path, write_json
+from pipeline.errors import PipelineError
+from pipeline.gpt import GPT, GPTConfig, save_gpt, training_inputs
+from pipeline.params import TrainParams
+from pipeline.plots import save_png, write_csv
+from pipeline.runtime import autocast, resolve_device
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "last.pt"
+CPU_PRESET_HINT = "dvc exp run $(grep -v '^#' presets/cpu.args)"
+ETA_WARMUP_STEPS = 2  # first steps (allocator, compile) are not representative
+ETA_STEPS = 4
+POSTFIX_EVERY = 10  # loss.item() synchronises a GPU: read it only now and then
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    tokens: Path
+    model_dir: Path
+    checkpoints: Path
+    metrics: Path  # metrics/train.json
+    plots: Path  # directory for train_loss.csv / .png
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@contextmanager
+def distributed(device: str) -> Iterator[DistInfo]:
+    """Join the process group that torchrun describes in the environment (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield DistInfo(device=resolve_device(device))
+        return
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    try:
+        yield DistInfo(rank, world, dev)
+    finally:
+        dist.destroy_process_group()
+
+
+def lr_at(step: int, total: int, p: TrainParams) -> float:
+    """Linear warmup over warmup_steps, then cosine decay from lr to min_lr at the last step."""
+    if step < p.warmup_steps:
+        return p.lr * (step + 1) / p.warmup_steps
+    progress = min(1.0, (step - p.warmup_steps) / max(1, total - p.warmup_steps))
+    return p.min_lr + 0.5 * (p.lr - p.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def model_config(p: TrainParams, meta: tok.TokenMeta) -> GPTConfig:
+    return GPTConfig(
+        k=meta.k, grid_h=meta.grid_h, grid_w=meta.grid_w, n_classes=meta.n_classes, conditional=p.conditional,
+        n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd, dropout=p.dropout, pos_emb=p.pos_emb,
+    )
+
+
+def _seed(seed: int, epoch: int, salt: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + salt) % 2**63
+
+
+def _all_reduce(values: list[float], info: DistInfo) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
+    if info.world > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+class Checkpoint:
+    """Full training state in one file, replaced atomically after every epoch."""
+
+    def __init__(self, directory: Path, fingerprint: str):
+        self.path, self.fingerprint = directory / CHECKPOINT_NAME, fingerprint
+
+    def save(self, model: GPT, opt: torch.optim.Optimizer, epoch: int, step: int, history: list[dict]) -> None:
+        state = {
+            "fingerprint": self.fingerprint, "epoch": epoch, "step": step, "history": history,
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            # The next epoch reseeds from (seed, epoch, rank); these are kept for inspection and
+            # for any code that draws from the global generators between epochs.
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def load(self) -> dict | None:
+        """The saved state if it belongs to this exact run (params + tokens), else None."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a foreign or damaged file must not block training
+            log.warning("ignoring unreadable checkpoint %s (%s); starting fresh", self.path, e)
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            log.info("checkpoint %s is from other params or tokens; starting fresh", self.path)
+            return None
+        return state
+
+
+def _fingerprint(p: TrainParams, tokens_sha: str) -> str:
+    # device/compile/precision-independent keys would allow resuming elsewhere, but precision
+    # changes the numbers, so everything but `device` and `compile` counts.
+    keys = p.model_dump(exclude={"device", "compile"})
+    return f"{sorted(keys.items())}|{tokens_sha}"
+
+
+class EpochBatches:
+    """This rank's share of each global batch, via DistributedSampler (drop_last: equal shares)."""
+
+    def __init__(self, n: int, p: TrainParams, info: DistInfo):
+        if p.batch_size % info.world:
+            raise PipelineError(f"train.batch_size = {p.batch_size} must be divisible by the {info.world} processes")
+        self.local = p.batch_size // info.world
+        self.sampler = DistributedSampler(
+            range(n), num_replicas=info.world, rank=info.rank, shuffle=True, seed=p.seed, drop_last=True
+        )
+        self.steps = len(self.sampler) // self.local
+        if self.steps == 0:
+            raise PipelineError(f"train.batch_size = {p.batch_size} exceeds the {n} training sequences")
+
+    def epoch(self, epoch: int) -> list[torch.Tensor]:
+        self.sampler.set_epoch(epoch)
+        idx = torch.tensor(list(self.sampler))
+        return list(idx[: self.steps * self.local].split(self.local))
+
+
+@torch.no_grad()
+def evaluate(model: GPT, split: tok.TokenSplit, batch: int, p: TrainParams, info: DistInfo) -> float:
+    """Test NLL in nats/token with the true class token, shards summed over ranks."""
+    model.eval()
+    total, count = 0.0, 0
+    for idx in torch.arange(info.rank, len(split.tokens), info.world).split(batch):
+        codes, labels = split.tokens[idx].to(info.device), split.labels[idx].to(info.device)
+        with autocast(info.device, p.precision):
+            _, loss, _ = model(training_inputs(codes, model.cfg.prefix(labels, len(idx), info.device)), codes)
+        total += loss.item() * codes.numel()
+        count += codes.numel()
+    total, count = _all_reduce([total, count], info)
+    return total / count
+
+
+def train(
+    p: TrainParams,
+    paths: TrainPaths,
+    info: DistInfo = DistInfo(),
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> GPT:
+    """Train (or resume) and, on rank 0, write model, metrics and plots. Returns the raw model."""
+    meta = tok.read_meta(paths.tokens)
+    train_split = tok.read_split(paths.tokens, "train", meta)
+    test_split = tok.read_split(paths.tokens, "test", meta)
+    cfg = model_config(p, meta)
+    if info.device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts
+    torch.manual_seed(p.seed)  # identical initial weights on every rank
+    model = GPT(cfg).to(info.device)
+    opt = torch.optim.AdamW(model.param_groups(p.weight_decay), lr=p.lr, betas=(p.beta1, p.beta2))
+    batches = EpochBatches(len(train_split.tokens), p, info)
+    total_steps = batches.steps * p.epochs
+    ckpt = Checkpoint(paths.checkpoints, _fingerprint(p, tok.file_sha256(paths.tokens)))
+
+    start_epoch, step, history = 0, 0, []
+    state = ckpt.load() if info.main else None
+    if info.world > 1:  # rank 0 alone reads it (the directory may be local to its node)
+        box = [state]
+        dist.broadcast_object_list(box, src=0, device=info.device)
+        state = box[0]
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        if info.main:
+            log.info("resuming from %s after epoch %d/%d (step %d)", ckpt.path, start_epoch, p.epochs, step)
+
+    if info.world > 1:
+        net = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    else:
+        net = model
+    if p.compile:
+        net = torch.compile(net)  # weights stay on `model`: no _orig_mod. prefix in saved files
+    if info.main:
+        log.info(
+            "GPT %.2fM params, vocab %d, %d slots; %d train / %d test sequences; %d steps/epoch x %d epochs; "
+            "global batch %d over %d process(es) on %s",
+            model.num_params() / 1e6, cfg.vocab_size, cfg.block_size, len(train_split.tokens),
+            len(test_split.tokens), batches.steps, p.epochs, p.batch_size, info.world, info.device,
+        )
+
+    tokens_per_step = p.batch_size * cfg.block_size
+    train_time, epochs_here, t_eta = 0.0, 0, 0.0
+    for epoch in range(start_epoch, p.epochs):
+        torch.manual_seed(_seed(p.seed, epoch, 1 + info.rank))  # dropout RNG, per rank
+        drop = torch.rand(len(train_split.tokens), generator=torch.Generator().manual_seed(_seed(p.seed, epoch, 0)))
+        drop = drop < p.label_dropout  # per sequence, so it does not depend on the rank split
+        model.train()
+        loss_sum, t0 = torch.zeros((), device=info.device), time.perf_counter()
+        bar = tqdm(batches.epoch(epoch), desc=f"epoch {epoch + 1}/{p.epochs}", disable=not info.main, leave=False)
+        for i, idx in enumerate(bar):
+            lr = lr_at(step, total_steps, p)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            codes = train_split.tokens[idx].to(info.device, non_blocking=True)
+            labels = train_split.labels[idx].to(info.device, non_blocking=True)
+            prefix = cfg.prefix(labels, len(idx), info.device)
+            prefix = torch.where(drop[idx].to(info.device), cfg.null_token, prefix)
+            with autocast(info.device, p.precision):
+                _, loss, _ = net(training_inputs(codes, prefix), codes)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if p.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            opt.step()
+            step += 1
+            loss_sum += loss.detach()
+            if info.main and i % POSTFIX_EVERY == 0:
+                rate = (i + 1) * tokens_per_step / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
+            if info.main and epoch == start_epoch and i == ETA_WARMUP_STEPS:
+                t_eta = time.perf_counter()
+            if info.main and epoch == start_epoch and i == ETA_WARMUP_STEPS + ETA_STEPS:
+                _log_eta((time.perf_counter() - t_eta) / ETA_STEPS, total_steps - step, info.device)
+        train_time += time.perf_counter() - t0
+        epochs_here += 1
+        train_loss = _all_reduce([loss_sum.item() / batches.steps], info)[0] / info.world
+        test_nll = evaluate(model, test_split, 2 * batches.local, p, info)
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_nll})
+        if info.main:
+            log.info(
+                "epoch %d/%d: train %.4f, test %.4f nats/token (%.1f bits/image), %.0f tokens/s",
+                epoch + 1, p.epochs, history[-1]["train_loss"], test_nll, test_nll * cfg.block_size / math.log(2),
+                batches.steps * tokens_per_step / (time.perf_counter() - t0),
+            )
+            ckpt.save(model, opt, epoch + 1, step, history)
+            _write_plots(history, paths.plots)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+
+    if info.main:
+        tokens_per_s = epochs_here * batches.steps * tokens_per_step / train_time if train_time else 0.0
+        _write_outputs(model, p, meta, paths, history, tokens_per_s, info)
+    return model
+
+
+def _log_eta(sec_per_step: float, steps_left: int, device: torch.device) -> None:
+    eta_min = sec_per_step * steps_left / 60
+    log.info("ETA: %.1f s/step -> about %.0f min for the remaining %d steps", sec_per_step, eta_min, steps_left)
+    if device.type == "cpu" and eta_min > 30:
+        log.warning(
+            "~%.0f min on this CPU: GPU-sized settings (or cores shared with other jobs). The CPU preset "
+            "trains in ~15 min on 2 idle cores: %s",
+            eta_min, CPU_PRESET_HINT,
+        )
+
+
+def _write_plots(history: list[dict], plots: Path) -> None:
+    keys = ("epoch", "train_loss", "test_loss")
+    write_csv(plots / "train_loss.csv", keys, [[h[k] for k in keys] for h in history])
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax.plot(epochs, [h["test_loss"] for h in history], "s-", label="test")
+    ax.set(xlabel="epoch", ylabel="NLL (nats/token)", title="GPT loss per epoch")
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    save_png(fig, plots / "train_loss.png")
+
+
+def _write_outputs(model, p, meta, paths, history, tokens_per_s, info) -> None:
+    last = history[-1]
+    seq = model.cfg.block_size
+    save_gpt(model, paths.model_dir, {"classes": list(meta.classes), "encoder": meta.encoder, "train": p.model_dump()})
+    write_json(paths.metrics, {
+        "train_loss": last["train_loss"],
+        "test_nll": last["test_loss"],  # nats/token
+        "test_bits_per_token": last["test_loss"] / math.log(2),
+        "test_bits_per_image": last["test_loss"] * seq / math.log(2),
+        "epochs": len(history),
+        "params": model.num_params(),
+        # throughput of the epochs run by this process (0 when all came from a checkpoint)
+        "train_tokens_per_s": tokens_per_s,
+        "world_size": info.world,
+        "device": str(info.device),
+    })
+    log.info("wrote %s, %s (test %.1f bits/image)", paths.model_dir, paths.metrics, last["test_loss"] * seq / math.log(2))

@@ -1,0 +1,82 @@
+"""Image quality of reconstructions against originals: PSNR, SSIM, classifier accuracy.
+
+All functions take uint8 NHWC arrays (what every stage stores). PSNR is the mean over images of the
+per-image PSNR (data range 255); identical images give +inf. SSIM is torchmetrics' Gaussian SSIM
+(11x11, sigma 1.5) averaged over images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from pipeline.classifier import classify, to_float_nchw
+from pipeline.encoders.cifar_resnet import load_cifar_resnet
+from pipeline.errors import PipelineError
+
+METRIC_BATCH = 1000
+
+
+def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
+    if a.shape != b.shape or a.ndim != 4 or a.shape[-1] != 3:
+        raise PipelineError(f"image sets must both be (N, H, W, 3) and equal in shape, got {a.shape} and {b.shape}")
+    if a.dtype != np.uint8 or b.dtype != np.uint8:
+        raise PipelineError(f"images must be uint8, got {a.dtype} and {b.dtype}")
+
+
+def to_float(images: np.ndarray) -> torch.Tensor:
+    return to_float_nchw(np.ascontiguousarray(images), torch.device("cpu"))
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (N, 3, H, W) in [0, 1] -> uint8 (N, H, W, 3), rounded."""
+    return images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def psnr(originals: np.ndarray, reconstructions: np.ndarray) -> float:
+    """Mean per-image PSNR in dB (inf when every pair is identical)."""
+    _check_pair(originals, reconstructions)
+    values = []
+    for i in range(0, len(originals), METRIC_BATCH):
+        a, b = to_float(originals[i : i + METRIC_BATCH]), to_float(reconstructions[i : i + METRIC_BATCH])
+        values.append(peak_signal_noise_ratio(b, a, data_range=1.0, reduction="none", dim=(1, 2, 3)).double())
+    return float(torch.cat(values).mean())
+
+
+def ssim(originals: np.ndarray, reconstructions: np.ndarray) -> float:
+    """Mean SSIM over images (1.0 for identical images)."""
+    _check_pair(originals, reconstructions)
+    total = 0.0
+    for i in range(0, len(originals), METRIC_BATCH):
+        a, b = to_float(originals[i : i + METRIC_BATCH]), to_float(reconstructions[i : i + METRIC_BATCH])
+        total += float(structural_similarity_index_measure(b, a, data_range=1.0, reduction="sum"))
+    return total / len(originals)
+
+
+def classifier_accuracy(
+    originals: np.ndarray, reconstructions: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """Pre-trained CIFAR ResNet-20 top-1 accuracy on originals and on reconstructions, and how
+    often its prediction on a reconstruction equals its prediction on the original."""
+
+    _check_pair(originals, reconstructions)
+    model = load_cifar_resnet(20).to(device)
+    pred_orig = classify(model, originals, batch_size, device)
+    pred_rec = classify(model, reconstructions, batch_size, device)
+    return {
+        "accuracy_originals": float(np.mean(pred_orig == labels)),
+        "accuracy_reconstructions": float(np.mean(pred_rec == labels)),
+        "prediction_agreement": float(np.mean(pred_rec == pred_orig)),
+    }
+
+
+def reconstruction_metrics(
+    originals: np.ndarray, reconstructions: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """PSNR, SSIM and classifier accuracies in one dict (the metrics file's numbers)."""
+    return {
+        "psnr_db": psnr(originals, reconstructions),
+        "ssim": ssim(originals, reconstructions),
+        **classifier_accuracy(originals, reconstructions, labels, batch_size, device),
+    }

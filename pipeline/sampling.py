@@ -1,0 +1,156 @@
+"""Sample a whole set of images: labels per class, batched KV-cache generation, decoding, samples.h5, grid.
+
+samples.h5 (`data/samples/samples.h5`): `tokens` uint16 (N, H*W) raster order, `labels` uint8 (N,)
+(the class each image was generated for; NO_LABEL for an unconditional model), `images` uint8
+(N, 32, 32, 3); attrs `sample_params` and `model_config` (JSON), `classes`, `conditional`, `k`,
+`grid_h`, `grid_w`, `decoder_kind`, `no_label`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from pipeline.atomic import atomic_path
+from pipeline.errors import PipelineError
+from pipeline.gpt import GPT, GPTConfig
+from pipeline.params import SampleParams
+from pipeline.token_decoding import TokenDecoder
+
+log = logging.getLogger(__name__)
+
+NO_LABEL = 255  # label stored for images of an unconditional model
+GRID_COLUMNS = 10  # images per row of the sample grid
+GAP = 2  # white pixels between grid tiles
+FIX = "re-run the sample stage (dvc repro sample)"
+
+
+def sample_labels(cfg: GPTConfig, n_per_class: int) -> np.ndarray:
+    """The label of every image to generate: class-major for a conditional model, NO_LABEL otherwise."""
+    if cfg.conditional:
+        return np.repeat(np.arange(cfg.n_classes, dtype=np.uint8), n_per_class)
+    return np.full(n_per_class * cfg.n_classes, NO_LABEL, dtype=np.uint8)
+
+
+def check_decoder(cfg: GPTConfig, decoder: TokenDecoder, model_source: str, decoder_source: str) -> None:
+    """The decoder must read the codes the GPT writes: same codebook size and grid."""
+    if decoder.k != cfg.k or not decoder.grid == cfg.grid_h == cfg.grid_w:
+        raise PipelineError(
+            f"{decoder_source} ({decoder.kind}, k={decoder.k}, grid {decoder.grid}x{decoder.grid}) does not decode "
+            f"the codes of {model_source} (k={cfg.k}, grid {cfg.grid_h}x{cfg.grid_w}); they come from different "
+            "tokenizer runs: re-run the decoder and train stages (dvc repro)"
+        )
+
+
+def sample_tokens(model: GPT, labels: np.ndarray, p: SampleParams, use_cache: bool = True, progress: bool = True) -> np.ndarray:
+    """Generate one code grid per label -> uint16 (N, H*W). One generator seeded with p.seed drives
+    every batch, so the same params give the same tokens (on the same device)."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(p.seed)
+    cond = model.cfg.conditional
+    out = []
+    starts = range(0, len(labels), p.batch_size)
+    for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress, leave=False):
+        batch = labels[start : start + p.batch_size]
+        batch_labels = torch.as_tensor(batch.astype(np.int64), device=device) if cond else None
+        codes = model.generate(
+            len(batch), batch_labels, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+            cfg_scale=p.cfg_scale, generator=generator, use_cache=use_cache,
+        )  # fmt: skip
+        out.append(codes.cpu())
+    return torch.cat(out).numpy().astype(np.uint16) if out else np.zeros((0, model.cfg.block_size), np.uint16)
+
+
+@dataclass(frozen=True)
+class Samples:
+    tokens: np.ndarray  # uint16 (N, H*W)
+    labels: np.ndarray  # uint8 (N,)
+    images: np.ndarray  # uint8 (N, 32, 32, 3)
+    conditional: bool
+    classes: tuple[str, ...]
+    attrs: dict
+
+
+def write_samples(
+    path: str | Path, tokens: np.ndarray, labels: np.ndarray, images: np.ndarray, cfg: GPTConfig,
+    p: SampleParams, classes: tuple[str, ...], decoder_kind: str,
+) -> None:  # fmt: skip
+    attrs = {
+        "sample_params": json.dumps(p.model_dump()), "model_config": json.dumps(asdict(cfg)),
+        "classes": list(classes), "conditional": cfg.conditional, "k": cfg.k, "grid_h": cfg.grid_h,
+        "grid_w": cfg.grid_w, "decoder_kind": decoder_kind, "no_label": NO_LABEL,
+    }  # fmt: skip
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("tokens", data=tokens.astype(np.uint16))
+        f.create_dataset("labels", data=labels.astype(np.uint8))
+        f.create_dataset("images", data=images.astype(np.uint8), chunks=(min(len(images), 1024), 32, 32, 3))
+        f.attrs.update(attrs)
+
+
+def read_samples(path: str | Path) -> Samples:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: samples not found; run the sample stage (dvc repro sample)")
+    with h5py.File(path, "r") as f:
+        missing = [d for d in ("tokens", "labels", "images") if d not in f]
+        if missing or "conditional" not in f.attrs:
+            raise PipelineError(f"{path}: datasets {missing} or attrs missing; {FIX}")
+        tokens, labels, images = f["tokens"][()], f["labels"][()], f["images"][()]
+        attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or not len(images) == len(labels) == len(tokens):
+        raise PipelineError(
+            f"{path}: expected images uint8 (N, 32, 32, 3) with N labels and token rows, got images "
+            f"{images.dtype} {images.shape}, {len(labels)} labels, {len(tokens)} token rows; {FIX}"
+        )
+    classes = tuple(str(c) for c in np.atleast_1d(attrs.get("classes", [])))
+    return Samples(tokens, labels, images, bool(attrs["conditional"]), classes, attrs)
+
+
+# ---- the sample grid: one row per class (conditional) or 10 rows of samples (unconditional) ----
+
+
+def grid_rows(labels: np.ndarray, conditional: bool, n_rows: int, columns: int = GRID_COLUMNS) -> list[np.ndarray]:
+    """Indices of the images shown in each grid row."""
+    if conditional:
+        return [np.flatnonzero(labels == c)[:columns] for c in range(n_rows)]
+    idx = np.arange(min(len(labels), n_rows * columns))
+    return [r for r in np.array_split(idx, n_rows) if len(r)]
+
+
+def mosaic(images: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
+    """uint8 image of the given rows of tiles (as wide as the longest row), GAP white pixels around every tile."""
+    h, w = images.shape[1:3]
+    columns = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows) * (h + GAP) + GAP, columns * (w + GAP) + GAP, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for c, i in enumerate(row):
+            y, x = GAP + r * (h + GAP), GAP + c * (w + GAP)
+            out[y : y + h, x : x + w] = images[i]
+    return out
+
+
+def grid_figure(samples: Samples, columns: int = GRID_COLUMNS) -> Figure:
+    """The sample grid with the class names on the left (conditional models)."""
+    n_rows = len(samples.classes) if samples.conditional else 10
+    rows = grid_rows(samples.labels, samples.conditional, n_rows, columns)
+    image = mosaic(samples.images, rows)
+    fig = Figure(figsize=(image.shape[1] / 50, image.shape[0] / 50))
+    ax = fig.add_subplot()
+    ax.imshow(image, interpolation="nearest")
+    ax.set_xticks([])
+    tile = samples.images.shape[1] + GAP
+    if samples.conditional:
+        ax.set_yticks([GAP + r * tile + tile / 2 for r in range(len(rows))], samples.classes[: len(rows)])
+    else:
+        ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    return fig

@@ -1,0 +1,92 @@
+"""One interface from token grids to uint8 images, whatever the tokenizer.
+
+A decoder folder (`data/models/decoder`) holds `config.json` and `model.safetensors`:
+    kind "cnn":     the trained InverseCNN (its weights include the codebook centroids)
+    kind "palette": the pixel tokenizer's palette, tensor `palette` (K, 3) RGB in [0, 1]; token i of
+                    a 32x32 grid is the colour of pixel i (no training, the classic minGPT demo)
+`load_token_decoder(folder).decode(tokens)` maps (N, g*g) token ids to (N, 32, 32, 3) uint8 images.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.atomic import atomic_path
+from pipeline.codebook import palette_decode
+from pipeline.decoder import DecoderConfig, InverseCNN
+from pipeline.errors import PipelineError
+from pipeline.image_metrics import to_uint8
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+PALETTE_GRID = 32
+
+
+@dataclass
+class TokenDecoder:
+    kind: str  # "cnn" or "palette"
+    grid: int
+    k: int
+    model: InverseCNN | None = None  # kind "cnn"
+    palette: torch.Tensor | None = None  # kind "palette": (K, 3) RGB in [0, 1], de-standardised
+
+    def decode(self, tokens: np.ndarray, batch_size: int = 500, device: torch.device | str = "cpu") -> np.ndarray:
+        """(N, g*g) integer tokens -> (N, 32, 32, 3) uint8 images."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or tokens.shape[1] != self.grid * self.grid:
+            raise PipelineError(
+                f"tokens of shape {tokens.shape} do not fit this {self.kind} decoder: it expects "
+                f"(N, {self.grid * self.grid}) for a {self.grid}x{self.grid} grid; decoder and tokens come from different runs"
+            )
+        if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.k):
+            raise PipelineError(f"token ids must lie in 0..{self.k - 1}, got {tokens.min()}..{tokens.max()}")
+        if self.kind == "palette":
+            return palette_decode(tokens, self.palette.numpy(), self.grid)
+        tokens_t = torch.from_numpy(tokens.astype(np.int64))
+        model = self.model.to(device).eval()
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(tokens_t), batch_size):
+                out.append(to_uint8(model.decode_tokens(tokens_t[i : i + batch_size].to(device))))
+        return np.concatenate(out) if out else np.zeros((0, 32, 32, 3), np.uint8)
+
+
+def save_cnn_decoder(model: InverseCNN, folder: str | Path, extra: dict | None = None) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _write(folder, {**model.config.to_dict(), **(extra or {})}, state)
+
+
+def save_palette_decoder(palette: torch.Tensor, folder: str | Path, extra: dict | None = None) -> None:
+    palette = palette.detach().float().cpu().contiguous()
+    if palette.ndim != 2 or palette.shape[1] != 3:
+        raise PipelineError(f"a palette decoder needs (K, 3) RGB centroids, got {tuple(palette.shape)}")
+    config = {"kind": "palette", "grid": PALETTE_GRID, "k": int(palette.shape[0]), **(extra or {})}
+    _write(folder, config, {"palette": palette})
+
+
+def _write(folder: str | Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        save_file(tensors, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def load_token_decoder(folder: str | Path) -> TokenDecoder:
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
+        raise PipelineError(f"{folder}: no decoder ({CONFIG} + {WEIGHTS}); run the decoder stage (dvc repro decoder)")
+    config = json.loads((folder / CONFIG).read_text())
+    tensors = load_file(str(folder / WEIGHTS))
+    if config.get("kind") == "palette":
+        return TokenDecoder("palette", int(config["grid"]), int(config["k"]), palette=tensors["palette"])
+    if config.get("kind") == "cnn":
+        model = InverseCNN(DecoderConfig.from_dict(config))
+        model.load_state_dict(tensors)
+        return TokenDecoder("cnn", model.config.grid, model.config.k, model=model.eval())
+    raise PipelineError(f"{folder / CONFIG}: unknown decoder kind {config.get('kind')!r} (expected 'cnn' or 'palette')")

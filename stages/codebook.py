@@ -1,0 +1,82 @@
+"""codebook: data/features/features.h5 -> k-means codebook + token grids (data/tokens/).
+
+Also writes metrics/codebook.json and the code-usage plot (plots/codebook_usage.csv + .png).
+With extract.encoder = pixels this is the classic demo's pixel-palette tokenizer: k-means over RGB.
+"""
+
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline import codebook as cb
+from pipeline.atomic import write_json
+from pipeline.cifar10 import CLASSES
+from pipeline.errors import PipelineError
+from pipeline.params import load_params
+from pipeline.plots import rank_figure, save_png, write_csv
+from stages import PARAMS_OPTION, app
+from stages.paths import CODEBOOK, FEATURES, METRICS, PLOTS, TOKENS
+
+log = logging.getLogger(__name__)
+
+
+@app.command()
+def codebook(params: Path = PARAMS_OPTION) -> None:
+    """Fit FAISS k-means on sampled train features; tokenise train and test."""
+    p = load_params(params).codebook
+    if not FEATURES.is_file():
+        raise PipelineError(f"{FEATURES}: features not found; run the extract stage (`dvc repro extract`) first")
+    gpu = cb.use_faiss_gpu(p.device)
+    with h5py.File(FEATURES, "r") as f:
+        layout = cb.check_features(f, FEATURES)
+        log.info(
+            "%s: %s features, %dx%d grid, %d dims, %s images",
+            *(FEATURES, layout.encoder, layout.grid_h, layout.grid_w, layout.dim, layout.counts),
+        )
+        sample = cb.sample_vectors(f["train/features"], p.sample_size, p.seed)
+        if not np.isfinite(sample).all():
+            raise PipelineError(f"{FEATURES}: train/features contains NaN or inf; re-run the extract stage")
+        fit = cb.fit_kmeans(sample, p.k, p.niter, p.seed, p.max_points_per_centroid, gpu, p.init)
+        del sample
+        assigned = {s: cb.assign(f[f"{s}/features"], fit.centroids, gpu, desc=f"assign {s}") for s in cb.SPLITS}
+        labels = {s: f[f"{s}/labels"][:] for s in cb.SPLITS}
+
+    described = dict(k=p.k, feature_dim=layout.dim, encoder=layout.encoder)
+    cb.write_codebook(
+        CODEBOOK,
+        fit.centroids,
+        dict(described, grid=layout.grid_h, niter=p.niter, seed=p.seed, init=p.init, n_fit=fit.n_fit)
+        | {"objective": fit.objective},
+    )
+    cb.write_tokens(
+        TOKENS,
+        {s: (assigned[s].tokens, labels[s]) for s in cb.SPLITS},
+        dict(described, grid_h=layout.grid_h, grid_w=layout.grid_w, n_classes=len(CLASSES), classes=list(CLASSES)),
+    )
+
+    counts = cb.code_counts(assigned["train"].tokens, p.k)
+    metrics = {
+        "k": p.k,
+        "feature_dim": layout.dim,
+        "n_fit": fit.n_fit,
+        "rel_quant_error_train": assigned["train"].relative_error,
+        "rel_quant_error_test": assigned["test"].relative_error,
+        "perplexity": cb.perplexity(counts),
+        "dead_codes": int((counts == 0).sum()),
+        "fit_seconds": round(fit.seconds, 2),
+        "assign_seconds": round(sum(a.seconds for a in assigned.values()), 2),
+        "faiss_gpu": fit.gpu,
+    }
+    write_json(METRICS / "codebook.json", metrics)
+    order = np.argsort(-counts, kind="stable")
+    write_csv(PLOTS / "codebook_usage.csv", ["rank", "code", "count"], zip(range(p.k), order, counts[order]))
+    title = f"code usage on train (k={p.k}, perplexity {metrics['perplexity']:.0f}, {metrics['dead_codes']} dead)"
+    figure = rank_figure(counts, title, "code rank", "grid cells", reference="uniform usage")
+    save_png(figure, PLOTS / "codebook_usage.png")
+    log.info(
+        "codebook: rel. error train %.4f test %.4f, perplexity %.1f / %d, %d dead codes -> %s, %s",
+        *(metrics["rel_quant_error_train"], metrics["rel_quant_error_test"], metrics["perplexity"], p.k),
+        *(metrics["dead_codes"], TOKENS, CODEBOOK),
+    )

@@ -1,0 +1,60 @@
+"""decoder: tokens + codebook -> a token-grid-to-image decoder, its test metrics and plots.
+
+CNN tokenizers train the inverse CNN (resuming from data/checkpoints/decoder); the `pixels`
+tokenizer gets its palette decoder with no training. Both are evaluated the same way on test.
+"""
+
+import logging
+import time
+from pathlib import Path
+
+from pipeline import decoder_training as dt
+from pipeline.atomic import write_json
+from pipeline.image_metrics import reconstruction_metrics
+from pipeline.params import load_params
+from pipeline.runtime import resolve_device
+from pipeline.token_decoding import load_token_decoder, save_cnn_decoder, save_palette_decoder
+from stages import PARAMS_OPTION, app
+from stages.paths import CODEBOOK, DECODER_CHECKPOINTS, DECODER_DIR, FEATURES, METRICS, PLOTS, RAW, TOKENS
+
+log = logging.getLogger(__name__)
+
+GRID_PNG = PLOTS / "reconstructions.png"
+LOSS_CSV = PLOTS / "decoder_loss.csv"
+METRICS_JSON = METRICS / "decoder.json"
+
+
+@app.command()
+def decoder(params: Path = PARAMS_OPTION) -> None:
+    """Train (or build) the token decoder and evaluate its test reconstructions."""
+    p = load_params(params).decoder
+    inputs = dt.load_inputs(TOKENS, CODEBOOK, FEATURES, RAW)
+    device = resolve_device(p.device)
+    extra = {"encoder": inputs.encoder, "layers": inputs.layers}
+    history, train_seconds = [], 0.0
+    if inputs.is_pixels:
+        save_palette_decoder(dt.palette_colours(inputs), DECODER_DIR, extra)
+    else:
+        feature_loss = dt.build_feature_loss(inputs, device) if p.perceptual_weight > 0 else None
+        result = dt.train_decoder(p, inputs, DECODER_CHECKPOINTS, feature_loss)
+        save_cnn_decoder(result.model.cpu(), DECODER_DIR, extra)
+        history, train_seconds = result.history, result.train_seconds
+    dt.write_history_csv(history, LOSS_CSV)
+
+    t0 = time.perf_counter()
+    token_decoder = load_token_decoder(DECODER_DIR)
+    reconstructions = token_decoder.decode(inputs.test_tokens, p.batch_size, device)
+    metrics = reconstruction_metrics(inputs.test_images, reconstructions, inputs.test_labels, p.batch_size, device)
+    metrics.update(
+        kind=token_decoder.kind, encoder=inputs.encoder, tokens_per_image=int(inputs.test_tokens.shape[1]),
+        k=token_decoder.k, n_test=len(reconstructions), epochs=len(history), train_seconds=round(train_seconds, 1),
+        eval_seconds=round(time.perf_counter() - t0, 1), device=str(device),
+    )  # fmt: skip
+    write_json(METRICS_JSON, metrics)
+    dt.write_png(dt.reconstruction_grid(inputs.test_images, reconstructions), GRID_PNG)
+    log.info(
+        "decoder (%s, %d tokens/image): test PSNR %.2f dB, SSIM %.3f, ResNet-20 accuracy %.1f %% on reconstructions "
+        "vs %.1f %% on originals -> %s, %s",
+        token_decoder.kind, metrics["tokens_per_image"], metrics["psnr_db"], metrics["ssim"],
+        100 * metrics["accuracy_reconstructions"], 100 * metrics["accuracy_originals"], METRICS_JSON, GRID_PNG,
+    )  # fmt: skip

@@ -1,0 +1,95 @@
+"""evaluate: GPT test NLL, tokenizer reconstructions and sample quality -> metrics/eval.json, plots/eval_classes.csv.
+
+Sample distances (Fréchet distance, KID) live in the pre-trained CIFAR ResNet-20's pooled feature space
+and compare evaluate.n_samples images of data/samples with the 10,000 test images; the same number of
+test reconstructions and of train images are scored the same way as reference points (the train
+images give the floor a perfect generator would reach with that many images).
+"""
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import cifar10, likelihood, sampling, tokens as tok
+from pipeline.atomic import write_json
+from pipeline.encoders.cifar_resnet import load_cifar_resnet
+from pipeline.errors import PipelineError
+from pipeline.gpt import load_gpt
+from pipeline.image_metrics import reconstruction_metrics
+from pipeline.params import load_params
+from pipeline.plots import write_csv
+from pipeline.runtime import resolve_device, seed_everything
+from pipeline.token_decoding import load_token_decoder
+from stages import PARAMS_OPTION, app
+from stages.paths import DECODER_DIR, GPT_DIR, METRICS, PLOTS, RAW, SAMPLES, TOKENS
+
+log = logging.getLogger(__name__)
+
+METRICS_JSON = METRICS / "eval.json"
+CLASSES_CSV = PLOTS / "eval_classes.csv"
+RESNET_DEPTH = 20
+
+
+def _check_aligned(raw: cifar10.Split, split: tok.TokenSplit, what: str) -> None:
+    if len(raw.images) != len(split.tokens) or not np.array_equal(raw.labels, split.labels.numpy()):
+        raise PipelineError(
+            f"{TOKENS} {what}: {len(split.tokens)} token grids do not line up with the {len(raw.images)} images of "
+            f"{RAW} (counts or labels differ); re-run extract and codebook on this raw file"
+        )
+
+
+@app.command()
+def evaluate(params: Path = PARAMS_OPTION) -> None:
+    """Score the GPT (test NLL), the tokenizer (reconstructions) and the samples (FID/KID, class agreement)."""
+    p = load_params(params).evaluate
+    device = resolve_device(p.device)
+    seed_everything(p.seed)
+    t0 = time.perf_counter()
+    meta = tok.read_meta(TOKENS)
+    train, test = tok.read_split(TOKENS, "train", meta), tok.read_split(TOKENS, "test", meta)
+    model = load_gpt(GPT_DIR, device)
+    tok.check_compatible(model.cfg, meta, str(GPT_DIR), str(TOKENS))
+    gpt = likelihood.gpt_test_nll(model, test, p.batch_size, device, likelihood.training_precision(GPT_DIR))
+    gpt.update(likelihood.unigram_baselines(train.tokens, test.tokens, meta.k))
+    del model
+
+    raw_train, raw_test = cifar10.read_split(RAW, "train"), cifar10.read_split(RAW, "test")
+    _check_aligned(raw_test, test, "test")
+    decoder = load_token_decoder(DECODER_DIR)
+    reconstructions = decoder.decode(test.tokens.numpy(), p.batch_size, device)
+    tokenizer = reconstruction_metrics(raw_test.images, reconstructions, raw_test.labels, p.batch_size, device)
+
+    samples = sampling.read_samples(SAMPLES)
+    if samples.tokens.shape[1] != meta.seq_len:
+        raise PipelineError(f"{SAMPLES}: {samples.tokens.shape[1]} tokens per image vs {meta.seq_len} in {TOKENS}; re-run the sample stage")
+    from pipeline.sample_metrics import sample_quality  # torchmetrics import is slow; only here
+
+    quality, per_class = sample_quality(
+        samples.images, samples.labels if samples.conditional else None, raw_test.images,
+        {"reconstructions": reconstructions, "train_images": raw_train.images}, load_cifar_resnet(RESNET_DEPTH),
+        n=p.n_samples, batch_size=p.batch_size, kid_subset_size=p.kid_subset_size, device=device, seed=p.seed,
+        depth=RESNET_DEPTH,
+    )  # fmt: skip
+    metrics = {
+        "gpt": gpt, "tokenizer": tokenizer, **quality, "conditional": samples.conditional,
+        "n_test": len(raw_test.images), "device": str(device),
+    }  # fmt: skip
+    write_json(METRICS_JSON, metrics)
+    names = samples.classes or cifar10.CLASSES
+    write_csv(
+        CLASSES_CSV, ("class", "share_of_samples", "agreement"),
+        [(names[r["class"]], f"{r['share']:.4f}", "" if "agreement" not in r or math.isnan(r["agreement"]) else f"{r['agreement']:.4f}")
+         for r in per_class],
+    )  # fmt: skip
+    s, rec, tr = quality["samples"], quality["reference_reconstructions"], quality["reference_train_images"]
+    log.info(
+        "GPT test %.4f nats/token (%.1f bits/image; unigram %.1f); tokenizer PSNR %.2f dB; samples FID-R20 %.2f "
+        "(reconstructions %.2f, train images %.2f), class agreement %s -> %s (%.0f s)",
+        gpt["test_nll"], gpt["test_bits_per_image"], gpt["unigram_test_entropy_bits_per_image"], tokenizer["psnr_db"],
+        s["fid_resnet20"], rec["fid_resnet20"], tr["fid_resnet20"],
+        "n/a" if s["class_agreement"] is None else f"{100 * s['class_agreement']:.1f} %", METRICS_JSON,
+        time.perf_counter() - t0,
+    )  # fmt: skip

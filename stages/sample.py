@@ -1,0 +1,49 @@
+"""sample: GPT + token decoder -> data/samples/samples.h5, data/samples/grid.png, plots/samples.png."""
+
+import logging
+import time
+from pathlib import Path
+
+from pipeline import sampling, tokens as tok
+from pipeline.atomic import write_bytes
+from pipeline.gpt import load_gpt
+from pipeline.params import load_params
+from pipeline.plots import save_png
+from pipeline.runtime import resolve_device, seed_everything
+from pipeline.token_decoding import load_token_decoder
+from stages import PARAMS_OPTION, app
+from stages.paths import DECODER_DIR, GPT_DIR, PLOTS, SAMPLE_GRID, SAMPLES, TOKENS
+
+log = logging.getLogger(__name__)
+
+README_GRID = PLOTS / "samples.png"
+
+
+@app.command()
+def sample(params: Path = PARAMS_OPTION) -> None:
+    """Generate sample.n_per_class images per class (KV cache, temperature/top-k/top-p, guidance)."""
+    p = load_params(params).sample
+    device = resolve_device(p.device)
+    seed_everything(p.seed)
+    meta = tok.read_meta(TOKENS)
+    model = load_gpt(GPT_DIR, device)
+    tok.check_compatible(model.cfg, meta, str(GPT_DIR), str(TOKENS))
+    decoder = load_token_decoder(DECODER_DIR)
+    sampling.check_decoder(model.cfg, decoder, str(GPT_DIR), str(DECODER_DIR))
+
+    labels = sampling.sample_labels(model.cfg, p.n_per_class)
+    t0 = time.perf_counter()
+    tokens = sampling.sample_tokens(model, labels, p)
+    t1 = time.perf_counter()
+    images = decoder.decode(tokens, p.batch_size, device)
+    t2 = time.perf_counter()
+    sampling.write_samples(SAMPLES, tokens, labels, images, model.cfg, p, meta.classes, decoder.kind)
+
+    fig = sampling.grid_figure(sampling.read_samples(SAMPLES))
+    save_png(fig, SAMPLE_GRID)
+    write_bytes(README_GRID, SAMPLE_GRID.read_bytes())
+    log.info(
+        "sampled %d images (%s, cfg_scale %g, T %g) in %.1f s + decoded in %.1f s on %s (%.0f images/s) -> %s, %s",
+        len(images), "conditional" if model.cfg.conditional else "unconditional", p.cfg_scale, p.temperature,
+        t1 - t0, t2 - t1, device, len(images) / max(t2 - t0, 1e-9), SAMPLES, README_GRID,
+    )  # fmt: skip

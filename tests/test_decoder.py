@@ -1,0 +1,237 @@
+"""Decoder stage: model shapes, metrics, deterministic and resumable training, palette path, input checks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from conftest import TORCH_HOME, make_images, requires_real_weights
+from safetensors.torch import save_file
+
+from pipeline import cifar10
+from pipeline import decoder_training as dt
+from pipeline.decoder import DecoderConfig, InverseCNN
+from pipeline.errors import PipelineError
+from pipeline.image_metrics import psnr, ssim
+from pipeline.params import DecoderParams
+from pipeline.token_decoding import load_token_decoder, save_cnn_decoder, save_palette_decoder
+
+SMALL = dict(
+    channels=8, res_blocks=1, epochs=2, batch_size=8, lr=0.003, warmup_steps=2, weight_decay=0.0,
+    pixel_loss="l1", perceptual_weight=0.0, seed=0, precision="fp32", device="cpu",
+)  # fmt: skip
+
+
+def params(**overrides) -> DecoderParams:
+    return DecoderParams(**{**SMALL, **overrides})
+
+
+def write_inputs(
+    root: Path, encoder: str = "cifar_resnet20", grid: int = 8, dim: int = 6, k: int = 16,
+    n_train: int = 16, n_test: int = 6, feature_grid: int | None = None, shuffle_labels: bool = False,
+) -> dict[str, Path]:  # fmt: skip
+    """Synthetic raw/features/codebook/tokens files that follow the stage contracts."""
+    rng = np.random.default_rng(0)
+    paths = {name: root / f"{name}.{ext}" for name, ext in
+             [("raw", "h5"), ("features", "h5"), ("codebook", "safetensors"), ("tokens", "h5")]}  # fmt: skip
+    x_train, y_train = make_images(n_train, seed=1)
+    x_test, y_test = make_images(n_test, seed=2)
+    data = cifar10.Cifar10(cifar10.Split(x_train, y_train), cifar10.Split(x_test, y_test), cifar10.CLASSES, "synthetic")
+    cifar10.write_h5(data, paths["raw"])
+    with h5py.File(paths["features"], "w") as f:
+        f.attrs.update(encoder=encoder, layers=["rgb"] if encoder == "pixels" else ["layer1", "layer2", "layer3"],
+                       grid=feature_grid or grid, input_size=32, standardized=True)  # fmt: skip
+        f["stats/mean"] = np.full(dim, 0.5, np.float32)
+        f["stats/std"] = np.full(dim, 0.25, np.float32)
+    save_file({"centroids": torch.from_numpy(rng.normal(size=(k, dim)).astype(np.float32))}, str(paths["codebook"]))
+    with h5py.File(paths["tokens"], "w") as f:
+        for split, y in (("train", y_train), ("test", y_test)):
+            f[f"{split}/tokens"] = rng.integers(0, k, (len(y), grid * grid)).astype(np.uint16)
+            f[f"{split}/labels"] = rng.permutation(y) if shuffle_labels else y
+        f.attrs.update(k=k, grid_h=grid, grid_w=grid, n_classes=10, classes=list(cifar10.CLASSES),
+                       encoder=encoder, feature_dim=dim)  # fmt: skip
+    return paths
+
+
+def load(paths: dict[str, Path]) -> dt.DecoderInputs:
+    return dt.load_inputs(paths["tokens"], paths["codebook"], paths["features"], paths["raw"])
+
+
+# --- model ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grid", [8, 16])
+def test_model_maps_token_grid_to_image(grid):
+    cfg = DecoderConfig(in_channels=5, grid=grid, k=7, channels=16, res_blocks=1)
+    model = InverseCNN(cfg, torch.randn(7, 5))
+    tokens = torch.randint(0, 7, (3, grid * grid))
+    out = model.decode_tokens(tokens)
+    assert out.shape == (3, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
+    # Raster order: token i sits at row i // g, column i % g.
+    emb = model.embed(tokens)
+    assert torch.equal(emb[1, :, 0, 1], model.centroids[tokens[1, 1]])
+    assert torch.equal(emb[2, :, 1, 0], model.centroids[tokens[2, grid]])
+
+
+def test_model_rejects_bad_grid_and_centroids():
+    with pytest.raises(PipelineError, match="grid"):
+        InverseCNN(DecoderConfig(in_channels=3, grid=6, k=4, channels=16, res_blocks=0))
+    with pytest.raises(PipelineError, match="centroids"):
+        InverseCNN(DecoderConfig(in_channels=3, grid=8, k=4, channels=16, res_blocks=0), torch.zeros(5, 3))
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def test_psnr_and_ssim_known_values():
+    images, _ = make_images(4)
+    assert psnr(images, images) == math.inf
+    assert ssim(images, images) == pytest.approx(1.0, abs=1e-5)
+    flat = np.full((2, 32, 32, 3), 100, np.uint8)
+    # A constant error of 10 grey levels: MSE = 100, PSNR = 10 log10(255^2 / 100) = 28.13 dB.
+    assert psnr(flat, flat + 10) == pytest.approx(10 * math.log10(255**2 / 100), abs=1e-3)
+    noise = np.random.default_rng(0).integers(-1, 2, images.shape)
+    a, b = (np.clip(images.astype(int) + s * noise, 0, 255).astype(np.uint8) for s in (20, 80))
+    assert 1 > ssim(images, a) > ssim(images, b) > 0  # more noise, less similar
+    with pytest.raises(PipelineError, match="shape"):
+        psnr(images, images[:2])
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_training_is_deterministic_and_learns(tmp_path):
+    inputs = load(write_inputs(tmp_path))
+    a = dt.train_decoder(params(), inputs, tmp_path / "ckpt_a")
+    b = dt.train_decoder(params(), inputs, tmp_path / "ckpt_b")
+    wa, wb = _weights(a.model), _weights(b.model)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [h["epoch"] for h in a.history] == [1, 2]
+    assert a.history == b.history
+    assert a.history[-1]["train_loss"] < a.history[0]["train_loss"]
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    inputs = load(write_inputs(tmp_path))
+    p = params(epochs=2)
+    full = dt.train_decoder(p, inputs, tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(epoch: int) -> None:
+        if epoch == 1:
+            raise Killed  # as if the process died right after the epoch-1 checkpoint was written
+
+    with pytest.raises(Killed):
+        dt.train_decoder(p, inputs, tmp_path / "resumed", on_epoch_end=kill_after_first_epoch)
+    saved = torch.load(tmp_path / "resumed" / dt.CHECKPOINT, weights_only=True)
+    assert saved["epoch"] == 1
+    resumed = dt.train_decoder(p, inputs, tmp_path / "resumed")
+    wf, wr = _weights(full.model), _weights(resumed.model)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+
+    # A checkpoint made with other params is not resumed: training starts over (same as from scratch).
+    other = dt.train_decoder(params(epochs=1, lr=0.001), inputs, tmp_path / "resumed")
+    assert len(other.history) == 1
+
+
+def test_saved_decoder_round_trip(tmp_path):
+    inputs = load(write_inputs(tmp_path))
+    result = dt.train_decoder(params(epochs=1), inputs, tmp_path / "ckpt")
+    save_cnn_decoder(result.model, tmp_path / "decoder", {"encoder": inputs.encoder})
+    decoder = load_token_decoder(tmp_path / "decoder")
+    assert decoder.kind == "cnn" and decoder.grid == 8
+    images = decoder.decode(inputs.test_tokens)
+    assert images.dtype == np.uint8 and images.shape == (6, 32, 32, 3)
+    expected = dt.decode_batches(result.model, inputs.test_tokens, torch.device("cpu"), "fp32", 4)
+    assert np.array_equal(images, expected)
+    with pytest.raises(PipelineError, match="do not fit"):
+        decoder.decode(inputs.test_tokens[:, :16])
+
+
+def test_perceptual_features_match_extract(tmp_path):
+    from pipeline.encoders import build_encoder
+    from pipeline.features import GridSpec, encode_batch
+
+    encoder = build_encoder("cifar_resnet20", pretrained=False)
+    images, _ = make_images(3)
+    spec = GridSpec(("layer1", "layer3"), 8, 32)
+    expected = encode_batch(encoder, images, spec, torch.device("cpu"), "fp32", False).permute(0, 3, 1, 2)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).requires_grad_(True)
+    got = dt.GridFeatures(encoder, list(spec.layers), 8, 32)(x)
+    assert got.shape == (3, 16 + 64, 8, 8) and torch.allclose(got, expected, atol=1e-5)
+    got.sum().backward()  # the loss must reach the decoder's output through the frozen encoder
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    mean, std = torch.randn(80), torch.rand(80) + 0.5
+    loss = dt.FeatureLoss(dt.GridFeatures(encoder, ["layer1", "layer3"], 8, 32), mean, std)
+    assert float(loss(x, x).detach()) == 0.0
+
+
+# --- pixels palette ---------------------------------------------------------------------------------
+
+
+def test_palette_decoder_undoes_standardisation(tmp_path):
+    inputs = load(write_inputs(tmp_path, encoder="pixels", grid=32, dim=3, k=8, n_train=4, n_test=3))
+    colours = dt.palette_colours(inputs)
+    expected = np.clip(np.rint((inputs.centroids.numpy() * 0.25 + 0.5) * 255), 0, 255) / 255
+    assert np.allclose(colours.numpy(), expected, atol=1e-6)
+    save_palette_decoder(colours, tmp_path / "decoder")
+    assert json.loads((tmp_path / "decoder" / "config.json").read_text())["kind"] == "palette"
+    decoder = load_token_decoder(tmp_path / "decoder")
+    images = decoder.decode(inputs.test_tokens)
+    token = int(inputs.test_tokens[1, 32 * 2 + 5])
+    assert np.array_equal(images[1, 2, 5], np.rint(expected[token] * 255).astype(np.uint8))
+
+
+# --- input checks -----------------------------------------------------------------------------------
+
+
+def test_mismatching_inputs_fail_clearly(tmp_path):
+    with pytest.raises(PipelineError, match="grid 8x8 vs .* grid 16"):
+        load(write_inputs(tmp_path / "a", feature_grid=16))
+    with pytest.raises(PipelineError, match="do not line up"):
+        load(write_inputs(tmp_path / "b", shuffle_labels=True))
+    paths = write_inputs(tmp_path / "c")
+    paths["codebook"].unlink()
+    with pytest.raises(PipelineError, match="codebook stage"):
+        load(paths)
+
+
+# --- the whole stage, with the real ResNet-20 (perceptual loss + classifier accuracy) ----------------
+
+
+@requires_real_weights
+def test_stage_end_to_end(tmp_path, monkeypatch, repo_params):
+    import yaml
+
+    from stages import decoder as stage
+    from stages.paths import CODEBOOK, FEATURES, RAW, TOKENS
+
+    monkeypatch.setenv("TORCH_HOME", str(TORCH_HOME))
+    monkeypatch.chdir(tmp_path)
+    paths = write_inputs(tmp_path / "in", dim=112, n_train=16, n_test=8)
+    for name, target in (("raw", RAW), ("features", FEATURES), ("codebook", CODEBOOK), ("tokens", TOKENS)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        paths[name].rename(target)
+    with h5py.File(FEATURES, "a") as f:  # real ResNet-20 layers 1-3 give 16 + 32 + 64 = 112 channels
+        del f["stats/mean"], f["stats/std"]
+        f["stats/mean"], f["stats/std"] = np.zeros(112, np.float32), np.ones(112, np.float32)
+    repo_params["decoder"] = {**SMALL, "epochs": 1, "perceptual_weight": 0.1}
+    Path("params.yaml").write_text(yaml.safe_dump(repo_params))
+    stage.decoder(Path("params.yaml"))
+    metrics = json.loads(Path("metrics/decoder.json").read_text())
+    assert metrics["kind"] == "cnn" and metrics["tokens_per_image"] == 64 and metrics["n_test"] == 8
+    assert 0 <= metrics["accuracy_reconstructions"] <= 1 and metrics["psnr_db"] > 0
+    assert Path("plots/reconstructions.png").is_file() and Path("data/models/decoder/model.safetensors").is_file()
+    assert Path("plots/decoder_loss.csv").read_text().startswith("epoch,train_loss,test_psnr_db")

@@ -1,0 +1,174 @@
+"""The train stage on small synthetic token files: outputs, validation, resume, DDP (gloo, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from conftest import REPO
+from pipeline import tokens as tok
+from pipeline.errors import PipelineError
+from pipeline.gpt import load_gpt
+from pipeline.gpt_training import DistInfo, TrainPaths, distributed, lr_at, train
+from pipeline.params import TrainParams
+
+K, GRID = 16, 4
+
+
+def write_tokens(path: Path, n_train: int = 64, n_test: int = 32, k: int = K, grid: int = GRID, **attrs) -> Path:
+    """A tokens.h5 following the codebook contract, with class-dependent, learnable sequences."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        for split, n in (("train", n_train), ("test", n_test)):
+            labels = (np.arange(n) % 10).astype(np.uint8)
+            base = (labels[:, None] * 3 + np.arange(grid * grid)[None]) % k
+            noise = rng.integers(0, k, base.shape) * (rng.random(base.shape) < 0.2)
+            f[f"{split}/tokens"] = ((base + noise) % k).astype(np.uint16)
+            f[f"{split}/labels"] = labels
+        f.attrs.update(dict(k=k, grid_h=grid, grid_w=grid, n_classes=10, classes=[f"c{i}" for i in range(10)],
+                            encoder="synthetic", feature_dim=8, **attrs))
+    return path
+
+
+def tiny_params(**overrides) -> TrainParams:
+    base = yaml.safe_load((REPO / "params.yaml").read_text())["train"]  # the real keys, tiny sizes
+    base.update(n_layer=2, n_head=2, n_embd=32, epochs=2, batch_size=16, warmup_steps=2, precision="fp32",
+                device="cpu", compile=False)
+    base.update(overrides)
+    return TrainParams(**base)
+
+
+def paths_in(root: Path, tokens: Path) -> TrainPaths:
+    return TrainPaths(tokens, root / "models/gpt", root / "checkpoints/gpt", root / "metrics/train.json", root / "plots")
+
+
+@pytest.fixture
+def tokens_h5(tmp_path: Path) -> Path:
+    return write_tokens(tmp_path / "tokens.h5")
+
+
+def state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_train_writes_model_metrics_plots_and_learns(tmp_path, tokens_h5):
+    p = tiny_params(epochs=4, lr=3e-3, min_lr=3e-4, dropout=0.0)
+    paths = paths_in(tmp_path, tokens_h5)
+    train(p, paths)
+    metrics = json.loads(paths.metrics.read_text())
+    hist = (paths.plots / "train_loss.csv").read_text().splitlines()
+    assert hist[0] == "epoch,train_loss,test_loss" and len(hist) == 5
+    assert (paths.plots / "train_loss.png").read_bytes()[:4] == b"\x89PNG"
+    first_test = float(hist[1].split(",")[2])
+    assert metrics["test_nll"] < first_test < np.log(K) + 0.2  # it learns something
+    assert metrics["test_bits_per_image"] == pytest.approx(metrics["test_nll"] * GRID * GRID / np.log(2))
+    model = load_gpt(paths.model_dir)  # tied weights survive safetensors; no _orig_mod. prefix
+    assert model.cfg.k == K and model.cfg.vocab_size == K + 11
+    assert model.head.weight.data_ptr() == model.wte.weight.data_ptr()
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tokens_h5):
+    p = tiny_params(epochs=3, dropout=0.1, label_dropout=0.3)  # dropout exercises the RNG state
+    ref = state(train(p, paths_in(tmp_path / "ref", tokens_h5)))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(epoch):
+        if epoch == 1:
+            raise Killed
+
+    run = paths_in(tmp_path / "run", tokens_h5)
+    with pytest.raises(Killed):
+        train(p, run, on_epoch_end=kill_after_first)
+    assert torch.load(run.checkpoints / "last.pt", weights_only=True)["epoch"] == 1
+    assert not run.model_dir.exists()
+    resumed = state(train(p, run))
+    assert resumed.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(resumed[k], ref[k]), k
+    assert len((run.plots / "train_loss.csv").read_text().splitlines()) == 4
+
+
+def test_changed_params_start_fresh_instead_of_resuming(tmp_path, tokens_h5, caplog):
+    paths = paths_in(tmp_path, tokens_h5)
+    train(tiny_params(epochs=1), paths)
+    caplog.set_level("INFO")
+    train(tiny_params(epochs=1, lr=1e-3), paths)
+    assert "starting fresh" in caplog.text and "resuming" not in caplog.text
+
+
+def _ddp_worker(rank: int, world: int, port: int, p: TrainParams, paths: TrainPaths) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    with distributed(p.device) as info:
+        train(p, paths, info)
+
+
+def test_two_gloo_processes_match_single_process(tmp_path, tokens_h5):
+    # Dropout draws differ per rank by design; label dropout is per sequence so it is kept.
+    p = tiny_params(epochs=2, dropout=0.0, label_dropout=0.2)
+    single = state(train(p, paths_in(tmp_path / "single", tokens_h5)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ddp_paths = paths_in(tmp_path / "ddp", tokens_h5)
+    mp.spawn(_ddp_worker, args=(2, port, p, ddp_paths), nprocs=2, join=True)
+    ddp = load_gpt(ddp_paths.model_dir).state_dict()
+    for k in single:
+        torch.testing.assert_close(ddp[k], single[k], rtol=1e-4, atol=1e-5, msg=k)
+    single_m = json.loads((tmp_path / "single/metrics/train.json").read_text())
+    ddp_m = json.loads(ddp_paths.metrics.read_text())
+    assert ddp_m["world_size"] == 2
+    assert ddp_m["test_nll"] == pytest.approx(single_m["test_nll"], rel=1e-4)
+
+
+def test_bad_token_files_are_clear_errors(tmp_path):
+    with pytest.raises(PipelineError, match="not found"):
+        tok.read_meta(tmp_path / "missing.h5")
+    bad = write_tokens(tmp_path / "bad.h5", k=4)
+    with h5py.File(bad, "a") as f:
+        del f.attrs["grid_w"]
+    with pytest.raises(PipelineError, match=r"\['grid_w'\] missing"):
+        tok.read_meta(bad)
+    codes = write_tokens(tmp_path / "codes.h5")
+    with h5py.File(codes, "a") as f:
+        f.attrs["k"] = 8  # tokens up to 15 no longer fit
+    with pytest.raises(PipelineError, match="code 15 >= k=8"):
+        tok.read_split(codes, "train")
+    with pytest.raises(PipelineError, match="divisible"):
+        train(tiny_params(batch_size=15), paths_in(tmp_path, write_tokens(tmp_path / "t.h5")), DistInfo(world=2))
+
+
+def test_model_from_other_tokens_is_rejected(tmp_path, tokens_h5):
+    paths = paths_in(tmp_path, tokens_h5)
+    train(tiny_params(epochs=1), paths)
+    other = tok.read_meta(write_tokens(tmp_path / "other.h5", k=32, grid=2))
+    with pytest.raises(PipelineError, match="k: model 16 vs tokens 32.*grid_h: model 4 vs tokens 2"):
+        tok.check_compatible(load_gpt(paths.model_dir).cfg, other, "gpt", "other.h5")
+
+
+def test_schedule_warms_up_then_decays_to_min_lr():
+    p = tiny_params(lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    lrs = [lr_at(s, 100, p) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lr_at(100, 100, p) == pytest.approx(1e-4)
+
+
+def test_eta_is_logged_from_the_first_batches(tmp_path, caplog):
+    caplog.set_level("INFO")
+    tokens = write_tokens(tmp_path / "tokens.h5", n_train=128)
+    train(tiny_params(epochs=1, batch_size=16), paths_in(tmp_path, tokens))
+    assert "ETA:" in caplog.text and "remaining" in caplog.text
