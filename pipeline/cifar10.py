@@ -9,7 +9,6 @@ Layout of the output (read back with `read_split`):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import zipfile
 import zlib
@@ -21,6 +20,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import PipelineError
+from pipeline.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,3 @@ def read_split(path: str | Path, split: str) -> Split:
 def read_classes(path: str | Path) -> tuple[str, ...]:
     with h5py.File(path, "r") as f:
         return tuple(str(c) for c in f.attrs["classes"])
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()

@@ -39,7 +39,8 @@ from pipeline.codebook import palette_decode
 from pipeline.decoder import DecoderConfig, InverseCNN
 from pipeline.encoders import build_encoder
 from pipeline.errors import PipelineError
-from pipeline.features import to_grid
+from pipeline.features import GridSpec, grid_features
+from pipeline.hashing import sha256_file
 from pipeline.image_metrics import psnr, to_uint8
 from pipeline.params import DecoderParams
 from pipeline.plots import write_csv
@@ -132,7 +133,7 @@ def load_inputs(tokens_path: Path, codebook_path: Path, features_path: Path, raw
         splits[split] = (toks.tokens.numpy().astype(np.uint16), raw)
     digest = hashlib.sha256()
     for path in (tokens_path, codebook_path, raw_path):
-        digest.update(token_io.file_sha256(path).encode())
+        digest.update(sha256_file(path).encode())
     return DecoderInputs(
         centroids=centroids, encoder=meta.encoder, layers=attrs["layers"], grid=grid, feature_attrs=attrs,
         mean=mean, std=std, train_tokens=splits["train"][0], train_images=splits["train"][1].images,
@@ -171,22 +172,20 @@ class FeatureLoss(nn.Module):
 
 
 class GridFeatures(nn.Module):
-    """Differentiable twin of extract's features: resize to input_size, encoder layers, to_grid."""
+    """Differentiable twin of extract's features (same resize, encoder layers and pooling)."""
 
-    def __init__(self, encoder: nn.Module, layers: list[str], grid: int, input_size: int):
+    def __init__(self, encoder: nn.Module, spec: GridSpec):
         super().__init__()
-        self.encoder, self.layers, self.grid, self.input_size = encoder, layers, grid, input_size
+        self.encoder, self.spec = encoder, spec
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-1] != self.input_size:
-            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
-                                   align_corners=False, antialias=self.input_size < images.shape[-1])  # fmt: skip
-        return to_grid(self.encoder(images, self.layers), self.grid).permute(0, 3, 1, 2)
+        return grid_features(self.encoder, images, self.spec).permute(0, 3, 1, 2)
 
 
 def build_feature_loss(inputs: DecoderInputs, device: torch.device) -> FeatureLoss:
     attrs = inputs.feature_attrs
-    features = GridFeatures(build_encoder(inputs.encoder), inputs.layers, inputs.grid, int(attrs.get("input_size", 32)))
+    spec = GridSpec(tuple(inputs.layers), inputs.grid, int(attrs["input_size"]), str(attrs.get("pool", "avg")))
+    features = GridFeatures(build_encoder(inputs.encoder), spec)
     return FeatureLoss(features, inputs.mean, inputs.std).to(device)
 
 

@@ -30,6 +30,7 @@ from pipeline import tokens as tok
 from pipeline.atomic import atomic_path, write_json
 from pipeline.errors import PipelineError
 from pipeline.gpt import GPT, GPTConfig, save_gpt, training_inputs
+from pipeline.hashing import sha256_file
 from pipeline.params import TrainParams
 from pipeline.plots import save_png, write_csv
 from pipeline.runtime import autocast, resolve_device
@@ -201,7 +202,7 @@ def train(
     opt = torch.optim.AdamW(model.param_groups(p.weight_decay), lr=p.lr, betas=(p.beta1, p.beta2))
     batches = EpochBatches(len(train_split.tokens), p, info)
     total_steps = batches.steps * p.epochs
-    ckpt = Checkpoint(paths.checkpoints, _fingerprint(p, tok.file_sha256(paths.tokens)))
+    ckpt = Checkpoint(paths.checkpoints, _fingerprint(p, sha256_file(paths.tokens)))
 
     start_epoch, step, history = 0, 0, []
     state = ckpt.load() if info.main else None

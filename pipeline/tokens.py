@@ -6,7 +6,6 @@ Contract: `train/tokens` uint16 (N, H*W) raster order, `train/labels` uint8 (N,)
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,11 +101,3 @@ def check_compatible(cfg, meta: TokenMeta, model_source: str, tokens_source: str
             f"{model_source} does not match {tokens_source} ({diff}); the tokens changed since the model "
             "was trained: re-run the train stage (dvc repro train)"
         )
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -6,6 +6,7 @@ from conftest import REAL_NPZ, make_images, requires_real_cifar, write_npz
 from pipeline import cifar10
 from pipeline.atomic import atomic_path
 from pipeline.cifar10 import DataError
+from pipeline.hashing import sha256_file
 
 EXPECT_SMALL = {"train": 60, "test": 20}
 
@@ -30,7 +31,7 @@ def test_npz_to_h5_keeps_images_labels_and_provenance(synthetic_npz, tmp_path):
             np.testing.assert_array_equal(labels[:], src[f"y_{split}"])
         assert list(f.attrs["classes"]) == list(cifar10.CLASSES)
         assert f.attrs["source"] == str(synthetic_npz)
-        assert f.attrs["source_sha256"] == cifar10.sha256_file(synthetic_npz)
+        assert f.attrs["source_sha256"] == sha256_file(synthetic_npz)
     back = cifar10.read_split(out, "test")
     np.testing.assert_array_equal(back.labels, src["y_test"])
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.cifar10 import sha256_file
+from pipeline.hashing import sha256_file
 from pipeline.encoders import cifar_resnet
 from pipeline.errors import PipelineError
 
