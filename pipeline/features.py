@@ -51,6 +51,7 @@ class GridSpec:
     layers: tuple[str, ...]
     grid: int
     input_size: int
+    pool: str = "avg"  # "avg" or "unshuffle" (space-to-depth keeps every value of a larger map)
 
 
 def fuse_conv_bn(encoder: Encoder) -> Encoder:
@@ -74,33 +75,48 @@ def prepare_encoder(encoder: Encoder, device: torch.device, channels_last: bool)
     return enc.to(memory_format=torch.channels_last) if channels_last else enc
 
 
-def to_grid(maps: dict[str, torch.Tensor], grid: int) -> torch.Tensor:
-    """Pool/resize each (N, C_i, h, w) map to grid x grid, concatenate on channels -> float32 (N, grid, grid, C)."""
+def to_grid(maps: dict[str, torch.Tensor], grid: int, pool: str = "avg") -> torch.Tensor:
+    """Bring each (N, C_i, h, w) map to grid x grid, concatenate on channels -> float32 (N, grid, grid, C).
+
+    A map larger than the grid is average-pooled ("avg") or, with "unshuffle", folded space-to-depth
+    (C_i * s^2 channels for an s-times larger map): the colour and layout inside each cell survive,
+    which is what a decoder needs to rebuild pixels from shallow layers. A smaller map is resized.
+    """
     cells = []
-    for fmap in maps.values():
-        if fmap.shape[-2:] != (grid, grid):
-            if min(fmap.shape[-2:]) >= grid:
+    for name, fmap in maps.items():
+        h, w = fmap.shape[-2:]
+        if (h, w) != (grid, grid):
+            if min(h, w) < grid:
+                fmap = F.interpolate(fmap.float(), size=(grid, grid), mode="bilinear", align_corners=False)
+            elif pool == "unshuffle":
+                if h != w or h % grid:
+                    raise PipelineError(f"extract.pool = 'unshuffle' needs layer {name!r} ({h}x{w}) to be a multiple "
+                                        f"of extract.grid ({grid}); use pool 'avg' or another grid")
+                fmap = F.pixel_unshuffle(fmap, h // grid)
+            else:
                 # Pooling kernels accumulate in float32 even for bf16 input; converting after pooling
                 # touches far fewer values.
                 fmap = F.adaptive_avg_pool2d(fmap, grid)
-            else:
-                fmap = F.interpolate(fmap.float(), size=(grid, grid), mode="bilinear", align_corners=False)
         cells.append(fmap.float())
     return torch.cat(cells, dim=1).permute(0, 2, 3, 1).contiguous()
+
+
+def grid_features(encoder: Encoder, x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
+    """float RGB [0, 1] (B, 3, H, W) -> (B, grid, grid, C): resize to input_size, encoder layers, to_grid."""
+    if spec.input_size != x.shape[-1]:
+        x = F.interpolate(x, size=(spec.input_size, spec.input_size), mode="bilinear",
+                          align_corners=False, antialias=spec.input_size < x.shape[-1])
+    return to_grid(encoder(x, spec.layers), spec.grid, spec.pool)
 
 
 def encode_batch(encoder: Encoder, images_uint8_nhwc, spec: GridSpec, device: torch.device,
                  precision: str, channels_last: bool) -> torch.Tensor:
     """float32 (B, grid, grid, C) features of one uint8 NHWC batch, on `device`."""
     x = to_float_nchw(images_uint8_nhwc, device)
-    if spec.input_size != x.shape[-1]:
-        x = F.interpolate(x, size=(spec.input_size, spec.input_size), mode="bilinear",
-                          align_corners=False, antialias=spec.input_size < x.shape[-1])
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, precision):
-        maps = encoder(x, spec.layers)
-    return to_grid(maps, spec.grid)
+        return grid_features(encoder, x, spec)
 
 
 @torch.inference_mode()
@@ -281,7 +297,8 @@ def _attrs(encoder: Encoder, spec: GridSpec, standardize: bool, precision: str, 
         "standardized": standardize,
         "weights_sha256": encoder.weights_sha256,
         "normalization": encoder.normalization,
-        "pooling": "adaptive average pool to grid (bilinear resize when a layer is smaller), concat on channels",
+        "pool": spec.pool,
+        "pooling": f"{spec.pool} to grid (bilinear resize when a layer is smaller), concat on channels",
         "channels": channels,
         "precision": precision,
         "device_type": device.type,
@@ -308,6 +325,6 @@ def run_extract(p: ExtractParams, raw: str | Path, target: str | Path, pretraine
              encoder.name, layers, p.grid, p.grid, p.input_size, device, p.precision,
              len(splits["train"].images), len(splits["test"].images))
     return write_features(
-        target, encoder, splits, GridSpec(tuple(layers), p.grid, p.input_size), batch_size=p.batch_size,
+        target, encoder, splits, GridSpec(tuple(layers), p.grid, p.input_size, p.pool), batch_size=p.batch_size,
         device=device, precision=p.precision, standardize=p.standardize, channels_last=has_convs(encoder),
     )

@@ -44,6 +44,7 @@ class ExtractParams(Section):
     encoder: str
     layers: list[str]
     grid: int = Field(ge=1, le=64)  # every layer is pooled/resized to grid x grid and concatenated
+    pool: Literal["avg", "unshuffle"]  # how a layer larger than the grid is brought to it
     input_size: int = Field(ge=8, le=512)  # images are resized to this before the encoder
     standardize: bool  # per-channel mean/std fitted on train
     batch_size: int = Field(ge=1)

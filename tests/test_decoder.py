@@ -160,21 +160,22 @@ def test_saved_decoder_round_trip(tmp_path):
         decoder.decode(inputs.test_tokens[:, :16])
 
 
-def test_perceptual_features_match_extract(tmp_path):
+@pytest.mark.parametrize("pool, channels", [("avg", 16 + 64), ("unshuffle", 16 * 16 + 64)])
+def test_perceptual_features_match_extract(tmp_path, pool, channels):
     from pipeline.encoders import build_encoder
     from pipeline.features import GridSpec, encode_batch
 
     encoder = build_encoder("cifar_resnet20", pretrained=False)
     images, _ = make_images(3)
-    spec = GridSpec(("layer1", "layer3"), 8, 32)
+    spec = GridSpec(("layer1", "layer3"), 8, 32, pool)
     expected = encode_batch(encoder, images, spec, torch.device("cpu"), "fp32", False).permute(0, 3, 1, 2)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).requires_grad_(True)
-    got = dt.GridFeatures(encoder, list(spec.layers), 8, 32)(x)
-    assert got.shape == (3, 16 + 64, 8, 8) and torch.allclose(got, expected, atol=1e-5)
+    got = dt.GridFeatures(encoder, spec)(x)
+    assert got.shape == (3, channels, 8, 8) and torch.allclose(got, expected, atol=1e-5)
     got.sum().backward()  # the loss must reach the decoder's output through the frozen encoder
     assert x.grad is not None and x.grad.abs().sum() > 0
-    mean, std = torch.randn(80), torch.rand(80) + 0.5
-    loss = dt.FeatureLoss(dt.GridFeatures(encoder, ["layer1", "layer3"], 8, 32), mean, std)
+    mean, std = torch.randn(channels), torch.rand(channels) + 0.5
+    loss = dt.FeatureLoss(dt.GridFeatures(encoder, spec), mean, std)
     assert float(loss(x, x).detach()) == 0.0
 
 

@@ -16,7 +16,7 @@ from pipeline.features import GridSpec, encode_batch, fuse_conv_bn, run_extract
 from pipeline.params import ExtractParams
 
 N_TRAIN, N_TEST = 24, 10
-BASE = dict(encoder="cifar_resnet20", layers=["layer1", "layer2", "layer3"], grid=8, input_size=32,
+BASE = dict(encoder="cifar_resnet20", layers=["layer1", "layer2", "layer3"], grid=8, pool="avg", input_size=32,
             standardize=True, batch_size=10, precision="fp32", device="cpu")
 
 
@@ -78,6 +78,26 @@ def test_layers_concatenate_in_order_and_standardisation_uses_train_stats(raw, t
         # Test is standardised with the train statistics, not its own.
         z_test = (both["test/features"][:].astype(np.float32) - mean) / sd
         np.testing.assert_allclose(std["test/features"][:], z_test, atol=2e-2, rtol=2e-3)
+
+
+def test_unshuffle_folds_each_cell_into_channels(raw, tmp_path):
+    with extract(raw, tmp_path / "u.h5", encoder="pixels", layers=["rgb"], pool="unshuffle", standardize=False) as f:
+        feats = f["train/features"][:]
+        assert feats.shape == (N_TRAIN, 8, 8, 3 * 4 * 4) and f.attrs["pool"] == "unshuffle"
+        # cell (i, j) holds the 4x4 RGB patch at rows 4i.., cols 4j.., channel-major as pixel_unshuffle lays it out
+        x = raw_images(raw)
+        patch = x[:, 4:8, 8:12, :].astype(np.float32) / 255  # cell (1, 2)
+        expect = patch.transpose(0, 3, 1, 2).reshape(N_TRAIN, -1)
+        np.testing.assert_allclose(feats[:, 1, 2, :], expect, atol=2e-3)
+
+
+def test_unshuffle_needs_a_divisible_grid(raw, tmp_path):
+    with pytest.raises(PipelineError, match="extract.pool = 'unshuffle' needs layer 'rgb'.*multiple of extract.grid"):
+        extract(raw, tmp_path / "u.h5", encoder="pixels", layers=["rgb"], pool="unshuffle", grid=5, standardize=False)
+
+
+def raw_images(raw) -> np.ndarray:
+    return cifar10.read_split(raw, "train").images
 
 
 def test_pixels_are_the_rgb_values(raw, tmp_path):
