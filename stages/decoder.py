@@ -34,6 +34,8 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
     history, train_seconds = [], 0.0
     if inputs.is_pixels:
         save_palette_decoder(dt.palette_colours(inputs), DECODER_DIR, extra)
+        # The checkpoint folder is a declared (persist) output: say why it holds no checkpoint.
+        write_json(DECODER_CHECKPOINTS / "palette.json", {"kind": "palette", "note": "no training, no checkpoint"})
     else:
         feature_loss = dt.build_feature_loss(inputs, device) if p.perceptual_weight > 0 else None
         result = dt.train_decoder(p, inputs, DECODER_CHECKPOINTS, feature_loss)
