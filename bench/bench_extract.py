@@ -12,6 +12,7 @@ Also prints ResNet-20 test accuracy fp32 vs the fast bf16 path and the feature d
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,9 @@ import numpy as np
 import torch
 from torch.fx.experimental.optimization import fuse
 
-from pipeline import cifar10
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from pipeline import cifar10  # noqa: E402
 from pipeline.atomic import atomic_path
 from pipeline.classifier import classify
 from pipeline.encoders import build_encoder
