@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from pipeline import cifar10, tokens as token_io
 from pipeline.atomic import atomic_path
+from pipeline.classifier import to_float_nchw
 from pipeline.codebook import palette_decode
 from pipeline.decoder import DecoderConfig, InverseCNN
 from pipeline.encoders import build_encoder
@@ -287,7 +288,7 @@ def train_decoder(
         bar = tqdm(range(steps_per_epoch), desc=f"decoder epoch {epoch + 1}/{p.epochs}", unit="batch", leave=False)
         for step in bar:
             idx = order[step * p.batch_size : (step + 1) * p.batch_size]
-            target = images[idx].permute(0, 3, 1, 2).float().div_(255)
+            target = to_float_nchw(images[idx], device)
             with autocast(device, precision):
                 out = model(model.embed(tokens[idx])).float()
                 loss = pixel_loss(out, target)
