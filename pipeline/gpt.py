@@ -270,7 +270,19 @@ def sample_logits(logits, temperature: float, top_k: int | None, top_p: float | 
         sorted_p, order = probs.sort(-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix reaching top_p
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return inverse_cdf_sample(probs, generator)
+
+
+def inverse_cdf_sample(probs: torch.Tensor, generator) -> torch.Tensor:
+    """(B, V) non-negative weights -> (B,) indices drawn in proportion to them, from ONE uniform per
+    row: the first index whose cumulative weight exceeds u * total. torch.multinomial draws an
+    exponential for every vocabulary entry instead, a quarter of the cached sampling time of a small
+    model on CPU. A zero-weight index is never drawn (its cumulative weight equals its predecessor's)."""
+    cdf = probs.cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=cdf.dtype)
+    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # strictly below total
+    return torch.searchsorted(cdf, x, right=True)[:, 0]
 
 
 def training_inputs(tokens: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.gpt import GPT, GPTConfig, sample_logits, training_inputs
+from pipeline.gpt import GPT, GPTConfig, inverse_cdf_sample, sample_logits, training_inputs
 
 K = 24
 
@@ -93,6 +93,17 @@ def test_top_k_and_top_p_restrict_the_support():
     assert set(sample_logits(logits, 1.0, None, 0.6, g).tolist()) == {0, 1}  # 0.5 < 0.6 needs the 2nd
     assert set(sample_logits(logits, 1.0, None, 0.45, g).tolist()) == {0}
     assert set(sample_logits(logits, 1.0, None, None, g).tolist()) == {0, 1, 2, 3}
+
+
+def test_inverse_cdf_sampling_follows_the_weights_and_never_draws_a_zero():
+    weights = torch.tensor([[0.5, 0.0, 0.3, 0.15, 0.05, 0.0]]).repeat(40_000, 1) * 3.0  # unnormalised
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(inverse_cdf_sample(weights, g), minlength=6).double()
+    assert counts[1] == counts[5] == 0  # zero weight, incl. the last index
+    # 40,000 draws: the standard error of a frequency is <= 0.0025, so 0.01 is 4 sigma
+    torch.testing.assert_close(counts / counts.sum(), (weights[0] / weights[0].sum()).double(), rtol=0, atol=0.01)
+    only_last = torch.tensor([[0.0, 0.0, 2.0]]).repeat(1000, 1)
+    assert inverse_cdf_sample(only_last, g).eq(2).all()
 
 
 def test_sdpa_and_reference_attention_agree():
