@@ -106,11 +106,22 @@ class SelfAttention(nn.Module):
         mask = None if L == 1 or S == L else torch.ones(L, S, dtype=torch.bool, device=x.device).tril(S - L)
         p = self.dropout if self.training else 0.0
         if self.attn_impl == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=S == L and L > 1)
+            y = sdpa(q, k, v, mask, p, causal=S == L and L > 1)
         else:
             y = reference_attention(q, k, v, mask if mask is not None or L == 1 else _causal(L, x.device), p)
         y = y.transpose(1, 2).reshape(B, L, C)
         return self.resid_drop(self.proj(y)), present
+
+
+def sdpa(q, k, v, mask: torch.Tensor | None, dropout_p: float, causal: bool) -> torch.Tensor:
+    """F.scaled_dot_product_attention, in fp32 for bf16 inputs on CPU: there its bf16 backward is ~4x
+    slower than the fp32 one and took half of a bf16-autocast training step of the CPU-preset model
+    (bench/bench_gpt.py); the matmuls around it stay in bf16."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):  # CPU autocast would cast SDPA's inputs back to bf16
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), mask, dropout_p, is_causal=causal)
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
 
 
 def _causal(n: int, device) -> torch.Tensor:

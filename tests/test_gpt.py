@@ -106,6 +106,22 @@ def test_inverse_cdf_sampling_follows_the_weights_and_never_draws_a_zero():
     assert inverse_cdf_sample(only_last, g).eq(2).all()
 
 
+def test_bf16_autocast_attention_on_cpu_matches_fp32_and_trains():
+    """The CPU bf16 path runs SDPA in fp32 (its bf16 backward is slow there): same result as the
+    explicit reference attention under the same autocast, gradients reach the attention weights."""
+    x = torch.randint(0, K, (4, 12))
+    out = {}
+    for impl in ("sdpa", "reference"):
+        model = make(True, attn_impl=impl)  # same seed -> same weights; eval: no dropout, gradients still flow
+        with torch.autocast("cpu", torch.bfloat16):
+            logits, loss, _ = model(x, x)
+        loss.backward()
+        out[impl] = (logits.float(), model.blocks[0].attn.qkv.weight.grad)
+    torch.testing.assert_close(out["sdpa"][0], out["reference"][0], rtol=0.05, atol=0.05)
+    assert out["sdpa"][1].abs().sum() > 0
+    torch.testing.assert_close(out["sdpa"][1], out["reference"][1], rtol=0.1, atol=0.01)
+
+
 def test_sdpa_and_reference_attention_agree():
     x = torch.randint(0, K, (4, 12))
     sdpa, ref = make(True, attn_impl="sdpa"), make(True, attn_impl="reference")
