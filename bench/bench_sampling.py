@@ -42,7 +42,7 @@ from pipeline.runtime import resolve_device  # noqa: E402
 from pipeline.token_decoding import PALETTE_GRID, TokenDecoder  # noqa: E402
 from pipeline.tokens import TokenMeta  # noqa: E402
 
-DEFAULT_CPU_RATIO_IMAGES = 20
+DEFAULT_CPU_RATIO_IMAGES = 100
 
 
 def preset_params(raw: dict) -> dict:

@@ -76,6 +76,9 @@ def test_model_maps_token_grid_to_image(grid):
     emb = model.embed(tokens)
     assert torch.equal(emb[1, :, 0, 1], model.centroids[tokens[1, 1]])
     assert torch.equal(emb[2, :, 1, 0], model.centroids[tokens[2, grid]])
+    # The grid comes as a channels_last view (the fast CPU layout); the values do not depend on it.
+    assert emb.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, model(emb.contiguous()), rtol=1e-5, atol=1e-6)
 
 
 def test_model_rejects_bad_grid_and_centroids():
