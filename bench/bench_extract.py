@@ -5,7 +5,7 @@
 product:  pipeline.features.write_features as the stage runs it (conv-bn folded, channels_last, bf16
           autocast, batch extract.batch_size, HDF5 writes on a background thread)
 baseline: the plain loop - unfused encoder, fp32, batch 500, no channels_last, synchronous writes
-Both write the same standardised features.h5 (default params: cifar_resnet20, layer1+2+3, grid 8).
+Both write the same standardised features.h5 (the extract params of params.yaml, as the stage reads them).
 Also prints ResNet-20 test accuracy fp32 vs the fast bf16 path and the feature differences.
 """
 
@@ -30,7 +30,8 @@ from pipeline.classifier import classify
 from pipeline.encoders import build_encoder
 from pipeline.encoders.cifar_resnet import load_cifar_resnet
 from pipeline.features import (
-    GridSpec, RunningStats, _standardize_in_place, encode_batch, has_convs, prepare_encoder, write_features,
+    GridSpec, RunningStats, _standardize_in_place, encode_batch, extract_spec, has_convs, prepare_encoder,
+    write_features,
 )
 from pipeline.params import load_params
 from pipeline.runtime import autocast, resolve_device, setup_logging
@@ -119,9 +120,9 @@ def main() -> None:
         splits = {s: cifar10.Split(v.images[: args.limit], v.labels[: args.limit]) for s, v in splits.items()}
     n = sum(len(v.images) for v in splits.values())
     encoder = build_encoder(p.encoder)
-    spec = GridSpec(tuple(p.layers), p.grid, p.input_size)
+    spec = extract_spec(p, encoder)  # exactly what the extract stage computes
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
-          f"{torch.get_num_threads()} threads, {n} images, {p.encoder} {p.layers} grid {p.grid}")
+          f"{torch.get_num_threads()} threads, {n} images, {p.encoder} {list(spec.layers)} grid {p.grid} ({p.pool})")
     with tempfile.TemporaryDirectory(dir="data") as tmp:
         fast_h5, plain_h5 = Path(tmp, "product.h5"), Path(tmp, "baseline.h5")
         t = time.perf_counter()

@@ -21,32 +21,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import gpt  # noqa: E402
 from pipeline.gpt import GPT, GPTConfig, training_inputs  # noqa: E402
+from pipeline.gpt_training import model_config  # noqa: E402
+from pipeline.params import CPU_PRESET, Params, apply_overrides, parse_params  # noqa: E402
+from pipeline.tokens import TokenMeta  # noqa: E402
 
 N_TRAIN = 50_000
 
 
-def preset_train_args() -> dict[str, str]:
-    """train.* values set by presets/cpu.args (the CPU preset), as strings."""
-    out = {}
-    for line in (ROOT / "presets/cpu.args").read_text().splitlines():
-        words = shlex.split(line.split("#", 1)[0])
-        for w in words:
-            if w.startswith("train."):
-                key, value = w.removeprefix("train.").split("=", 1)
-                out[key] = value
-    return out
+def preset_params() -> Params:
+    """params.yaml with the CPU preset applied, as `dvc exp run $(grep -v '^#' presets/cpu.args)` sees it."""
+    return parse_params(apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), ROOT / CPU_PRESET))
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 4) -> float:
@@ -120,34 +116,36 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    pre = preset_train_args()
-    L, H, D, B = (int(pre[k]) for k in ("n_layer", "n_head", "n_embd", "batch_size"))
-    epochs, drop = int(pre["epochs"]), float(pre["dropout"])
-    preset = grid_cfg(L, H, D, (8, 8), drop)
+    p = preset_params()
+    tr, grid = p.train, p.extract.grid
+    L, H, D, B, epochs, drop, prec = tr.n_layer, tr.n_head, tr.n_embd, tr.batch_size, tr.epochs, tr.dropout, tr.precision
+    # the model the preset's train stage builds (10 CIFAR classes, the preset's codebook and grid)
+    preset = model_config(tr, TokenMeta(p.codebook.k, grid, grid, 10, tuple(map(str, range(10))), p.extract.encoder, 3))
     out: dict = {"threads": args.threads, "preset": {"n_layer": L, "n_head": H, "n_embd": D, "batch": B}}
 
     peak = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
     out["matmul_peak_gflops"] = peak
     print(f"(a) matmul peak, {args.threads} thread(s), per CPU-second: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f}")
-    for prec in ("fp32", "bf16"):
-        r = train_steps(preset, B, args.steps, prec)
-        r["mfu"] = r["gflops"] / peak[prec]
+    for precision in ("fp32", "bf16"):
+        r = train_steps(preset, B, args.steps, precision)
+        r["mfu"] = r["gflops"] / peak[precision]
         r["epoch_s"] = N_TRAIN / r["images_per_s"]
-        out[f"preset_{prec}"] = r
-        print(f"    preset GPT {L}x{D} batch {B} {prec}: {r['tokens_per_s']:,.0f} tokens/s "
+        out[f"preset_{precision}"] = r
+        print(f"    preset GPT {L}x{D} batch {B} {precision}: {r['tokens_per_s']:,.0f} tokens/s "
               f"({r['images_per_s']:.0f} img/s), {r['gflops']:.1f} GFLOP/s = {100 * r['mfu']:.0f}% MFU, "
               f"loss after {args.steps + 2} steps {r['loss']:.4f}")
 
-    prec = pre.get("precision", "bf16")  # what the preset trains with
     print("(b) SDPA vs explicit softmax(QK^T)V reference attention, same model, batch and precision;"
           " 'bound' = reference / no-attention time, the most any attention implementation could gain:")
     for name, cfg, batch, steps, precision in (
-        ("preset, 64 tokens", preset, B, args.steps, "fp32"),
-        ("preset, 64 tokens", preset, B, args.steps, "bf16"),
+        (f"preset, {preset.block_size} tokens", preset, B, args.steps, "fp32"),
+        (f"preset, {preset.block_size} tokens", preset, B, args.steps, "bf16"),
         ("4x128, 1,023 tokens", grid_cfg(4, 8, 128, (31, 33), drop), 4, 3, "fp32"),
         ("4x128, 1,023 tokens", grid_cfg(4, 8, 128, (31, 33), drop), 4, 3, "bf16"),
     ):  # fmt: skip
-        sdpa, ref = (train_steps(cfg, batch, steps, precision, attn=a) for a in ("sdpa", "reference"))
+        # the preset's SDPA runs are exactly (a)'s: reuse them
+        sdpa = out[f"preset_{precision}"] if cfg is preset else train_steps(cfg, batch, steps, precision, attn="sdpa")
+        ref = train_steps(cfg, batch, steps, precision, attn="reference")
         with attention_removed():
             floor = train_steps(cfg, batch, steps, precision, attn="reference")
         ratio, bound = sdpa["tokens_per_s"] / ref["tokens_per_s"], floor["tokens_per_s"] / ref["tokens_per_s"]

@@ -18,10 +18,8 @@ sibling slow everything down many times (then compare with --threads 1).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -35,9 +33,10 @@ sys.path.insert(0, str(ROOT))
 from pipeline import sampling  # noqa: E402
 from pipeline.decoder import DecoderConfig, InverseCNN  # noqa: E402
 from pipeline.encoders import build_encoder  # noqa: E402
+from pipeline.features import extract_spec, grid_features  # noqa: E402
 from pipeline.gpt import GPT  # noqa: E402
 from pipeline.gpt_training import model_config  # noqa: E402
-from pipeline.params import Params, parse_params  # noqa: E402
+from pipeline.params import CPU_PRESET, Params, apply_overrides, parse_params  # noqa: E402
 from pipeline.runtime import resolve_device  # noqa: E402
 from pipeline.token_decoding import PALETTE_GRID, TokenDecoder  # noqa: E402
 from pipeline.tokens import TokenMeta  # noqa: E402
@@ -45,25 +44,11 @@ from pipeline.tokens import TokenMeta  # noqa: E402
 DEFAULT_CPU_RATIO_IMAGES = 100
 
 
-def preset_params(raw: dict) -> dict:
-    """params.yaml with presets/cpu.args' `-S section.key=value` overrides applied."""
-    raw = copy.deepcopy(raw)
-    words = [w for line in (ROOT / "presets/cpu.args").read_text().splitlines() for w in shlex.split(line, comments=True)]
-    for w in words:
-        if w != "-S":
-            key, value = w.split("=", 1)
-            section, name = key.split(".", 1)
-            raw[section][name] = yaml.safe_load(value)
-    return raw
-
-
 def feature_dim(p: Params) -> int:
-    """Channels of the concatenated encoder layers (random weights: only the shapes matter)."""
+    """Width of the extract stage's grid features for these params (random weights: only shapes matter)."""
     encoder = build_encoder(p.extract.encoder, pretrained=False)
-    layers = p.extract.layers or list(encoder.layer_names)
     with torch.no_grad():
-        out = encoder(torch.zeros(1, 3, p.extract.input_size, p.extract.input_size), layers)
-    return sum(t.shape[1] for t in out.values())
+        return grid_features(encoder, torch.zeros(1, 3, 32, 32), extract_spec(p.extract, encoder)).shape[-1]
 
 
 def build(p: Params, device: torch.device) -> tuple[GPT, TokenDecoder]:
@@ -104,7 +89,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    configs = {"default": parse_params(raw), "cpu_preset": parse_params(preset_params(raw))}
+    configs = {"default": parse_params(raw), "cpu_preset": parse_params(apply_overrides(raw, ROOT / CPU_PRESET))}
     results = {"device": str(device), "threads": args.threads, "weights": "random init",
                "load_average_before": os.getloadavg(), "configs": {}}  # fmt: skip
     print(f"device {device}, {args.threads} thread(s), load average {results['load_average_before'][0]:.1f}")

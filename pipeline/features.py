@@ -313,18 +313,23 @@ def has_convs(encoder: Encoder) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) for m in encoder.modules())
 
 
+def extract_spec(p: ExtractParams, encoder: Encoder) -> GridSpec:
+    """What the extract stage computes for `p`: its validated layers, grid, input size and pooling."""
+    return GridSpec(tuple(check_layers(encoder, default_layers(encoder, p.layers))), p.grid, p.input_size, p.pool)
+
+
 def run_extract(p: ExtractParams, raw: str | Path, target: str | Path, pretrained: bool = True) -> dict:
     """The extract stage: `p` applied to the raw CIFAR-10 file, written to `target`."""
     encoder = build_encoder(p.encoder, pretrained=pretrained)
-    layers = check_layers(encoder, default_layers(encoder, p.layers))
+    spec = extract_spec(p, encoder)
     if encoder.name == "pixels" and p.standardize:
         raise PipelineError("extract.standardize must be false for encoder 'pixels' (its features are RGB in [0, 1])")
     device = resolve_device(p.device)
     splits = {split: cifar10.read_split(raw, split) for split in cifar10.SPLITS}
     log.info("extract: %s layers %s -> %dx%d grid at input %d px on %s (%s), %d train + %d test images",
-             encoder.name, layers, p.grid, p.grid, p.input_size, device, p.precision,
+             encoder.name, list(spec.layers), p.grid, p.grid, p.input_size, device, p.precision,
              len(splits["train"].images), len(splits["test"].images))
     return write_features(
-        target, encoder, splits, GridSpec(tuple(layers), p.grid, p.input_size, p.pool), batch_size=p.batch_size,
+        target, encoder, splits, spec, batch_size=p.batch_size,
         device=device, precision=p.precision, standardize=p.standardize, channels_last=has_convs(encoder),
     )

@@ -7,6 +7,8 @@ fails with a message naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import copy
+import shlex
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +17,8 @@ from pipeline.errors import PipelineError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
+CPU_PRESET = Path("presets/cpu.args")  # `-S section.key=value` overrides, one per line
+CPU_PRESET_COMMAND = f"dvc exp run $(grep -v '^#' {CPU_PRESET})"
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16"]
@@ -191,3 +195,19 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
     return parse_params(raw, path)
+
+
+def apply_overrides(raw: dict, args_file: str | Path) -> dict:
+    """A copy of the params mapping `raw` with the `-S section.key=value` overrides of `args_file` (the
+    CPU preset's format, `#` comments allowed) applied, values parsed as YAML like `dvc exp run -S`."""
+    raw = copy.deepcopy(raw)
+    words = [w for line in Path(args_file).read_text().splitlines() for w in shlex.split(line, comments=True)]
+    for flag, override in zip(words[::2], words[1::2]):
+        key, sep, value = override.partition("=")
+        section, dot, name = key.partition(".")
+        if flag != "-S" or not sep or not dot or not isinstance(raw.get(section), dict):
+            raise ParamsError(f"{args_file}: expected `-S section.key=value` pairs, got {flag!r} {override!r}")
+        raw[section][name] = yaml.safe_load(value)
+    if len(words) % 2:
+        raise ParamsError(f"{args_file}: `{words[-1]}` has no value; expected `-S section.key=value` pairs")
+    return raw

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from conftest import REPO, run
-from pipeline.params import ParamsError, load_params, parse_params
+from pipeline.params import CPU_PRESET, ParamsError, apply_overrides, load_params, parse_params
 
 
 def test_repo_params_are_valid():
@@ -62,4 +62,18 @@ def test_cli_reports_bad_params_without_traceback(tmp_path: Path, repo_params):
 
 def test_cli_lists_every_registered_stage():
     out = run(["python", "-m", "stages", "--help"], cwd=REPO).stdout
-    assert "download" in out
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert len(stages) == 7 and all(f"python -m stages {name}" == s["cmd"] for name, s in stages.items())
+    assert all(name in out for name in stages)
+
+
+def test_cpu_preset_applies_like_dvc_exp_run(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    p = parse_params(apply_overrides(raw, REPO / CPU_PRESET))  # valid params
+    assert (p.train.n_layer, p.train.epochs, p.train.precision, p.decoder.channels) == (4, 15, "bf16", 64)
+    assert raw["train"]["n_layer"] == 8  # the mapping passed in is left alone
+    bad = tmp_path / "bad.args"
+    for text in ("-S train.n_layer", "-S nosuch.key=1", "--set train.lr=1", "-S train.lr=1 -S"):
+        bad.write_text(text + "\n")
+        with pytest.raises(ParamsError, match="bad.args"):
+            apply_overrides(raw, bad)
