@@ -292,8 +292,11 @@ def load_codebook(path: str | Path) -> np.ndarray:
     """The centroids float32 (K, C) of a codebook.safetensors."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"{path}: codebook not found; run the codebook stage (`dvc repro codebook`) first")
-    return load_file(str(path))["centroids"]
+        raise PipelineError(f"{path}: codebook not found; run the codebook stage (dvc repro codebook)")
+    tensors = load_file(str(path))
+    if "centroids" not in tensors or tensors["centroids"].ndim != 2:
+        raise PipelineError(f"{path}: expected a tensor 'centroids' (K, C); re-run the codebook stage")
+    return tensors["centroids"]
 
 
 def write_tokens(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], attrs: dict) -> None:

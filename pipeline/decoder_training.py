@@ -36,16 +36,18 @@ from tqdm import tqdm
 from pipeline import cifar10, tokens as token_io
 from pipeline.atomic import atomic_path
 from pipeline.classifier import to_float_nchw
-from pipeline.codebook import palette_decode
+from pipeline.codebook import load_codebook, palette_decode
 from pipeline.decoder import DecoderConfig, InverseCNN
 from pipeline.encoders import build_encoder
 from pipeline.errors import PipelineError
 from pipeline.features import GridSpec, grid_features
 from pipeline.hashing import sha256_file
-from pipeline.image_metrics import psnr, to_uint8
-from pipeline.params import DecoderParams
+from pipeline.image_metrics import psnr
+from pipeline.params import CPU_PRESET, CPU_PRESET_COMMAND, DecoderParams
 from pipeline.plots import write_csv
 from pipeline.runtime import autocast, resolve_device, seed_everything
+from pipeline.schedule import lr_at
+from pipeline.token_decoding import TokenDecoder
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,6 @@ CHECKPOINT = "last.pt"
 CURVE_IMAGES = 1000  # test images decoded after each epoch for the PSNR curve
 ESTIMATE_AFTER = 10  # batches timed before the up-front total-time estimate
 SLOW_MINUTES = 15  # estimates above this on CPU point at the CPU preset
-CPU_PRESET = "presets/cpu.args"
 
 
 @dataclass
@@ -77,17 +78,6 @@ class DecoderInputs:
         return self.encoder == "pixels"
 
 
-def load_centroids(path: Path) -> torch.Tensor:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise PipelineError(f"{path}: codebook not found; run the codebook stage (dvc repro codebook)")
-    tensors = load_file(str(path))
-    if "centroids" not in tensors or tensors["centroids"].ndim != 2:
-        raise PipelineError(f"{path}: expected a tensor 'centroids' (K, C); re-run the codebook stage")
-    return tensors["centroids"].float()
-
-
 def _read_feature_attrs(path: Path) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
     if not path.is_file():
         raise PipelineError(f"{path}: features not found; run the extract stage (dvc repro extract)")
@@ -108,7 +98,7 @@ def _read_feature_attrs(path: Path) -> tuple[dict, np.ndarray | None, np.ndarray
 def load_inputs(tokens_path: Path, codebook_path: Path, features_path: Path, raw_path: Path) -> DecoderInputs:
     """Read every input and check they belong together (grid, dims, k, encoder, image order)."""
     meta = token_io.read_meta(tokens_path)
-    centroids = load_centroids(codebook_path)
+    centroids = torch.from_numpy(load_codebook(codebook_path)).float()
     attrs, mean, std = _read_feature_attrs(features_path)
     fix = "the inputs come from different runs: re-run extract and codebook (dvc repro codebook)"
     grid = int(attrs["grid"])
@@ -126,11 +116,7 @@ def load_inputs(tokens_path: Path, codebook_path: Path, features_path: Path, raw
     for split in ("train", "test"):
         toks = token_io.read_split(tokens_path, split, meta)
         raw = cifar10.read_split(raw_path, split)
-        if len(raw.images) != len(toks.tokens) or not np.array_equal(raw.labels, toks.labels.numpy()):
-            raise PipelineError(
-                f"{tokens_path} {split}: {len(toks.tokens)} token grids do not line up with the {len(raw.images)} "
-                f"images of {raw_path} (counts or labels differ); re-run extract and codebook on this raw file"
-            )
+        token_io.check_aligned(toks, raw.images, raw.labels, tokens_path, raw_path, split)
         splits[split] = (toks.tokens.numpy().astype(np.uint16), raw)
     digest = hashlib.sha256()
     for path in (tokens_path, codebook_path, raw_path):
@@ -190,16 +176,6 @@ def build_feature_loss(inputs: DecoderInputs, device: torch.device) -> FeatureLo
     return FeatureLoss(features, inputs.mean, inputs.std).to(device)
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
 def run_fingerprint(p: DecoderParams, inputs: DecoderInputs) -> str:
     blob = json.dumps({"params": p.model_dump(), "inputs": inputs.fingerprint}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -235,16 +211,6 @@ def _pixel_loss(kind: str) -> Callable:
     return F.l1_loss if kind == "l1" else F.mse_loss
 
 
-def decode_batches(model: InverseCNN, tokens: np.ndarray, device: torch.device, precision: str, batch_size: int) -> np.ndarray:
-    model.eval()
-    out = []
-    with torch.no_grad(), autocast(device, precision):
-        for i in range(0, len(tokens), batch_size):
-            t = torch.from_numpy(tokens[i : i + batch_size].astype(np.int64)).to(device)
-            out.append(to_uint8(model.decode_tokens(t)))
-    return np.concatenate(out)
-
-
 def train_decoder(
     p: DecoderParams,
     inputs: DecoderInputs,
@@ -265,7 +231,8 @@ def train_decoder(
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     n = len(inputs.train_tokens)
     steps_per_epoch = math.ceil(n / p.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(p.warmup_steps, steps_per_epoch * p.epochs))
+    total = steps_per_epoch * p.epochs  # LambdaLR scales p.lr by this factor: warm-up, then cosine to 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, total, p.warmup_steps, 1.0, 0.0))
     fingerprint = run_fingerprint(p, inputs)
     result = TrainResult(model)
     start_epoch = _resume(checkpoint_dir / CHECKPOINT, fingerprint, model, optimizer, scheduler, result)
@@ -303,7 +270,8 @@ def train_decoder(
             bar.set_postfix(loss=f"{total / seen:.4f}")
             if epoch == start_epoch and step + 1 == ESTIMATE_AFTER:
                 _log_estimate((time.perf_counter() - t0) / ESTIMATE_AFTER, steps_per_epoch * (p.epochs - epoch), device)
-        test_psnr = psnr(curve_images, decode_batches(model, curve_tokens, device, precision, p.batch_size))
+        test_psnr = psnr(curve_images, TokenDecoder("cnn", config.grid, config.k, model=model).decode(
+            curve_tokens, p.batch_size, device, precision))
         result.train_seconds += time.perf_counter() - t0
         result.history.append({"epoch": epoch + 1, "train_loss": total / seen, "test_psnr_db": test_psnr})
         log.info("decoder epoch %d/%d: train loss %.4f, test PSNR %.2f dB (first %d test images)",
@@ -320,7 +288,7 @@ def _log_estimate(seconds_per_step: float, steps_left: int, device: torch.device
     if device.type == "cpu" and minutes > SLOW_MINUTES:
         log.warning(
             "decoder: ~%.0f min of training on CPU with these (GPU-sized) params; for a CPU run use the CPU "
-            "preset %s (smaller decoder, fewer epochs): dvc exp run $(grep -v '^#' %s)", minutes, CPU_PRESET, CPU_PRESET,
+            "preset %s (smaller decoder, fewer epochs): %s", minutes, CPU_PRESET, CPU_PRESET_COMMAND,
         )  # fmt: skip
 
 

@@ -31,14 +31,14 @@ from pipeline.atomic import atomic_path, write_json
 from pipeline.errors import PipelineError
 from pipeline.gpt import GPT, GPTConfig, save_gpt, training_inputs
 from pipeline.hashing import sha256_file
-from pipeline.params import TrainParams
+from pipeline.params import CPU_PRESET_COMMAND, TrainParams
 from pipeline.plots import save_png, write_csv
+from pipeline.schedule import lr_at
 from pipeline.runtime import autocast, resolve_device
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
-CPU_PRESET_HINT = "dvc exp run $(grep -v '^#' presets/cpu.args)"
 ETA_WARMUP_STEPS = 2  # first steps (allocator, compile) are not representative
 ETA_STEPS = 4
 POSTFIX_EVERY = 10  # loss.item() synchronises a GPU: read it only now and then
@@ -83,12 +83,17 @@ def distributed(device: str) -> Iterator[DistInfo]:
         dist.destroy_process_group()
 
 
-def lr_at(step: int, total: int, p: TrainParams) -> float:
-    """Linear warmup over warmup_steps, then cosine decay from lr to min_lr at the last step."""
-    if step < p.warmup_steps:
-        return p.lr * (step + 1) / p.warmup_steps
-    progress = min(1.0, (step - p.warmup_steps) / max(1, total - p.warmup_steps))
-    return p.min_lr + 0.5 * (p.lr - p.min_lr) * (1 + math.cos(math.pi * progress))
+def bits_per_image(nats_per_token: float, tokens_per_image: int) -> float:
+    return nats_per_token * tokens_per_image / math.log(2)
+
+
+def nll_metrics(nll: float, tokens_per_image: int) -> dict[str, float]:
+    """A test NLL (nats/token) with its bits/token and bits/image."""
+    return {
+        "test_nll": nll,
+        "test_bits_per_token": nll / math.log(2),
+        "test_bits_per_image": bits_per_image(nll, tokens_per_image),
+    }
 
 
 def model_config(p: TrainParams, meta: tok.TokenMeta) -> GPTConfig:
@@ -241,7 +246,7 @@ def train(
         loss_sum, t0 = torch.zeros((), device=info.device), time.perf_counter()
         bar = tqdm(batches.epoch(epoch), desc=f"epoch {epoch + 1}/{p.epochs}", disable=not info.main, leave=False)
         for i, idx in enumerate(bar):
-            lr = lr_at(step, total_steps, p)
+            lr = lr_at(step, total_steps, p.warmup_steps, p.lr, p.min_lr)
             for g in opt.param_groups:
                 g["lr"] = lr
             codes = train_split.tokens[idx].to(info.device, non_blocking=True)
@@ -272,7 +277,7 @@ def train(
         if info.main:
             log.info(
                 "epoch %d/%d: train %.4f, test %.4f nats/token (%.1f bits/image), %.0f tokens/s",
-                epoch + 1, p.epochs, history[-1]["train_loss"], test_nll, test_nll * cfg.block_size / math.log(2),
+                epoch + 1, p.epochs, history[-1]["train_loss"], test_nll, bits_per_image(test_nll, cfg.block_size),
                 batches.steps * tokens_per_step / (time.perf_counter() - t0),
             )
             ckpt.save(model, opt, epoch + 1, step, history)
@@ -292,8 +297,8 @@ def _log_eta(sec_per_step: float, steps_left: int, device: torch.device) -> None
     if device.type == "cpu" and eta_min > 30:
         log.warning(
             "~%.0f min on this CPU: GPU-sized settings (or cores shared with other jobs). The CPU preset "
-            "trains in ~15 min on 2 idle cores: %s",
-            eta_min, CPU_PRESET_HINT,
+            "trains in ~20 min on 2 idle cores: %s",
+            eta_min, CPU_PRESET_COMMAND,
         )
 
 
@@ -313,13 +318,11 @@ def _write_plots(history: list[dict], plots: Path) -> None:
 
 def _write_outputs(model, p, meta, paths, history, tokens_per_s, info) -> None:
     last = history[-1]
-    seq = model.cfg.block_size
+    nll = nll_metrics(last["test_loss"], model.cfg.block_size)
     save_gpt(model, paths.model_dir, {"classes": list(meta.classes), "encoder": meta.encoder, "train": p.model_dump()})
     write_json(paths.metrics, {
         "train_loss": last["train_loss"],
-        "test_nll": last["test_loss"],  # nats/token
-        "test_bits_per_token": last["test_loss"] / math.log(2),
-        "test_bits_per_image": last["test_loss"] * seq / math.log(2),
+        **nll,
         "epochs": len(history),
         "params": model.num_params(),
         # throughput of the epochs run by this process (0 when all came from a checkpoint)
@@ -327,4 +330,4 @@ def _write_outputs(model, p, meta, paths, history, tokens_per_s, info) -> None:
         "world_size": info.world,
         "device": str(info.device),
     })
-    log.info("wrote %s, %s (test %.1f bits/image)", paths.model_dir, paths.metrics, last["test_loss"] * seq / math.log(2))
+    log.info("wrote %s, %s (test %.1f bits/image)", paths.model_dir, paths.metrics, nll["test_bits_per_image"])

@@ -9,7 +9,6 @@ distribution (add-one smoothed: what a model that ignores context would score).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +16,8 @@ import torch
 
 from pipeline import tokens as tok
 from pipeline.gpt import CONFIG_FILE, GPT
-from pipeline.gpt_training import DistInfo, evaluate
+from pipeline.gpt_training import DistInfo, bits_per_image, evaluate, nll_metrics
 from pipeline.params import TrainParams
-
-
-def bits_per_image(nats_per_token: float, tokens_per_image: int) -> float:
-    return nats_per_token * tokens_per_image / math.log(2)
 
 
 def training_precision(model_dir: str | Path) -> str:
@@ -34,13 +29,7 @@ def training_precision(model_dir: str | Path) -> str:
 def gpt_test_nll(model: GPT, test: tok.TokenSplit, batch_size: int, device: torch.device, precision: str) -> dict[str, float]:
     # evaluate() reads only `precision` from the train params.
     nll = evaluate(model, test, batch_size, TrainParams.model_construct(precision=precision), DistInfo(device=device))
-    seq = model.cfg.block_size
-    return {
-        "test_nll": nll,
-        "test_bits_per_token": nll / math.log(2),
-        "test_bits_per_image": bits_per_image(nll, seq),
-        "precision": precision,
-    }
+    return {**nll_metrics(nll, model.cfg.block_size), "precision": precision}
 
 
 def _counts(tokens: torch.Tensor | np.ndarray, k: int) -> np.ndarray:

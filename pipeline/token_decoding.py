@@ -22,6 +22,7 @@ from pipeline.codebook import palette_decode
 from pipeline.decoder import DecoderConfig, InverseCNN
 from pipeline.errors import PipelineError
 from pipeline.image_metrics import to_uint8
+from pipeline.runtime import autocast
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -36,8 +37,10 @@ class TokenDecoder:
     model: InverseCNN | None = None  # kind "cnn"
     palette: torch.Tensor | None = None  # kind "palette": (K, 3) RGB in [0, 1], de-standardised
 
-    def decode(self, tokens: np.ndarray, batch_size: int = 500, device: torch.device | str = "cpu") -> np.ndarray:
-        """(N, g*g) integer tokens -> (N, 32, 32, 3) uint8 images."""
+    def decode(
+        self, tokens: np.ndarray, batch_size: int = 500, device: torch.device | str = "cpu", precision: str = "fp32"
+    ) -> np.ndarray:
+        """(N, g*g) integer tokens -> (N, 32, 32, 3) uint8 images (`precision` bf16: autocast)."""
         tokens = np.asarray(tokens)
         if tokens.ndim != 2 or tokens.shape[1] != self.grid * self.grid:
             raise PipelineError(
@@ -49,9 +52,10 @@ class TokenDecoder:
         if self.kind == "palette":
             return palette_decode(tokens, self.palette.numpy(), self.grid)
         tokens_t = torch.from_numpy(tokens.astype(np.int64))
+        device = torch.device(device)
         model = self.model.to(device).eval()
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, precision):
             for i in range(0, len(tokens_t), batch_size):
                 out.append(to_uint8(model.decode_tokens(tokens_t[i : i + batch_size].to(device))))
         return np.concatenate(out) if out else np.zeros((0, 32, 32, 3), np.uint8)

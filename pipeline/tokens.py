@@ -91,6 +91,15 @@ def read_split(path: str | Path, split: str, meta: TokenMeta | None = None) -> T
     return TokenSplit(torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(labels.astype(np.int64)))
 
 
+def check_aligned(split: TokenSplit, images: np.ndarray, labels: np.ndarray, tokens_path, raw_path, what: str) -> None:
+    """The token grids of `split` must be the raw images (`images`, `labels`) in the same order."""
+    if len(images) != len(split.tokens) or not np.array_equal(labels, split.labels.numpy()):
+        raise PipelineError(
+            f"{tokens_path} {what}: {len(split.tokens)} token grids do not line up with the {len(images)} images of "
+            f"{raw_path} (counts or labels differ); re-run extract and codebook on this raw file"
+        )
+
+
 def check_compatible(cfg, meta: TokenMeta, model_source: str, tokens_source: str) -> None:
     """A model (GPTConfig) must share the token file's vocabulary and grid."""
     want = {"k": meta.k, "grid_h": meta.grid_h, "grid_w": meta.grid_w, "n_classes": meta.n_classes}

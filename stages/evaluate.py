@@ -11,7 +11,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 
 from pipeline import cifar10, likelihood, sampling, tokens as tok
 from pipeline.atomic import write_json
@@ -33,14 +32,6 @@ CLASSES_CSV = PLOTS / "eval_classes.csv"
 RESNET_DEPTH = 20
 
 
-def _check_aligned(raw: cifar10.Split, split: tok.TokenSplit, what: str) -> None:
-    if len(raw.images) != len(split.tokens) or not np.array_equal(raw.labels, split.labels.numpy()):
-        raise PipelineError(
-            f"{TOKENS} {what}: {len(split.tokens)} token grids do not line up with the {len(raw.images)} images of "
-            f"{RAW} (counts or labels differ); re-run extract and codebook on this raw file"
-        )
-
-
 @app.command()
 def evaluate(params: Path = PARAMS_OPTION) -> None:
     """Score the GPT (test NLL), the tokenizer (reconstructions) and the samples (FID/KID, class agreement)."""
@@ -57,7 +48,7 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     del model
 
     raw_train, raw_test = cifar10.read_split(RAW, "train"), cifar10.read_split(RAW, "test")
-    _check_aligned(raw_test, test, "test")
+    tok.check_aligned(test, raw_test.images, raw_test.labels, TOKENS, RAW, "test")
     decoder = load_token_decoder(DECODER_DIR)
     reconstructions = decoder.decode(test.tokens.numpy(), p.batch_size, device)
     tokenizer = reconstruction_metrics(raw_test.images, reconstructions, raw_test.labels, p.batch_size, device)

@@ -19,7 +19,7 @@ from pipeline.decoder import DecoderConfig, InverseCNN
 from pipeline.errors import PipelineError
 from pipeline.image_metrics import psnr, ssim
 from pipeline.params import DecoderParams
-from pipeline.token_decoding import load_token_decoder, save_cnn_decoder, save_palette_decoder
+from pipeline.token_decoding import TokenDecoder, load_token_decoder, save_cnn_decoder, save_palette_decoder
 
 SMALL = dict(
     channels=8, res_blocks=1, epochs=2, batch_size=8, lr=0.003, warmup_steps=2, weight_decay=0.0,
@@ -157,7 +157,7 @@ def test_saved_decoder_round_trip(tmp_path):
     assert decoder.kind == "cnn" and decoder.grid == 8
     images = decoder.decode(inputs.test_tokens)
     assert images.dtype == np.uint8 and images.shape == (6, 32, 32, 3)
-    expected = dt.decode_batches(result.model, inputs.test_tokens, torch.device("cpu"), "fp32", 4)
+    expected = TokenDecoder("cnn", 8, result.model.config.k, model=result.model).decode(inputs.test_tokens, 4)
     assert np.array_equal(images, expected)
     with pytest.raises(PipelineError, match="do not fit"):
         decoder.decode(inputs.test_tokens[:, :16])

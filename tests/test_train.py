@@ -18,8 +18,9 @@ from conftest import REPO
 from pipeline import tokens as tok
 from pipeline.errors import PipelineError
 from pipeline.gpt import load_gpt
-from pipeline.gpt_training import DistInfo, TrainPaths, distributed, lr_at, train
+from pipeline.gpt_training import DistInfo, TrainPaths, distributed, train
 from pipeline.params import TrainParams
+from pipeline.schedule import lr_at
 
 K, GRID = 16, 4
 
@@ -161,10 +162,10 @@ def test_model_from_other_tokens_is_rejected(tmp_path, tokens_h5):
 
 def test_schedule_warms_up_then_decays_to_min_lr():
     p = tiny_params(lr=1e-3, min_lr=1e-4, warmup_steps=10)
-    lrs = [lr_at(s, 100, p) for s in range(100)]
+    lrs = [lr_at(s, 100, p.warmup_steps, p.lr, p.min_lr) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
-    assert lr_at(100, 100, p) == pytest.approx(1e-4)
+    assert lr_at(100, 100, p.warmup_steps, p.lr, p.min_lr) == pytest.approx(1e-4)
 
 
 def test_eta_is_logged_from_the_first_batches(tmp_path, caplog):
@@ -185,7 +186,8 @@ def test_compiled_bf16_training_saves_plain_weights_close_to_eager(tmp_path, tok
         assert not [k for k in ckpt["model"] if "_orig_mod" in k]
         runs[compiled] = (json.loads((root / "metrics/train.json").read_text()), load_gpt(root / "models/gpt"))
     assert runs[True][0]["test_nll"] == pytest.approx(runs[False][0]["test_nll"], abs=1e-4)
-    # The 4 AdamW steps move every weight by ~1.8e-3; compiled and eager agree to ~1e-5 (~5e-4 for
-    # the qkv biases: their gradients are near zero, and Adam scales the rounding noise up to lr).
+    # The 4 AdamW steps move every weight by ~1.8e-3; compiled and eager agree to ~3e-5, except the qkv
+    # biases (~5e-4): their gradients are near zero, and Adam scales the rounding noise up to lr.
     for (name, eager), compiled in zip(runs[False][1].state_dict().items(), runs[True][1].state_dict().values()):
-        torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-3, msg=name)
+        atol = 1e-3 if name.endswith("qkv.bias") else 1e-4
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=atol, msg=name)
