@@ -141,17 +141,14 @@ def test_same_seed_same_codebook_and_tokens():
     assert not np.array_equal(first[0], other[0]) and not np.array_equal(first[1], other[1])
 
 
-def test_sample_reads_h5_like_memory_and_draws_real_cells(tmp_path):
+def test_sample_reads_h5_like_memory_and_draws_real_cells(tmp_path, monkeypatch):
     x = np.random.default_rng(0).standard_normal((30, 4, 4, 5)).astype(np.float16)
     path = write_features(tmp_path / "f.h5", x, x[:3])
-    cb.ASSIGN_BATCH_VECTORS = 48  # several batches of 3 images: exercises the batch boundaries
-    try:
-        in_memory = cb.sample_vectors(x, 200, seed=3)
-        with h5py.File(path) as f:
-            from_h5 = cb.sample_vectors(f["train/features"], 200, seed=3)
-            everything = cb.sample_vectors(f["train/features"], 10**9, seed=3)
-    finally:
-        cb.ASSIGN_BATCH_VECTORS = 65_536
+    monkeypatch.setattr(cb, "ASSIGN_BATCH_VECTORS", 48)  # several batches of 3 images: exercises the batch boundaries
+    in_memory = cb.sample_vectors(x, 200, seed=3)
+    with h5py.File(path) as f:
+        from_h5 = cb.sample_vectors(f["train/features"], 200, seed=3)
+        everything = cb.sample_vectors(f["train/features"], 10**9, seed=3)
     np.testing.assert_array_equal(in_memory, from_h5)
     rows = {r.tobytes() for r in x.astype(np.float32).reshape(-1, 5)}
     assert len(in_memory) == 200 and all(r.tobytes() in rows for r in in_memory)
