@@ -12,7 +12,7 @@ from conftest import make_images
 from pipeline import cifar10
 from pipeline.encoders import build_encoder
 from pipeline.errors import PipelineError
-from pipeline.features import GridSpec, encode_batch, fuse_conv_bn, run_extract
+from pipeline.features import GridSpec, _check_finite, encode_batch, fuse_conv_bn, run_extract
 from pipeline.params import ExtractParams
 
 N_TRAIN, N_TEST = 24, 10
@@ -121,6 +121,15 @@ def test_bad_encoder_or_layer_is_a_clear_error_and_writes_nothing(raw, tmp_path,
     with pytest.raises(PipelineError, match=message):
         extract(raw, tmp_path / "bad.h5", **overrides)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 7e4, -7e4])
+def test_features_outside_the_float16_range_are_refused(bad):
+    feats = torch.randn(2, 4, 4, 3)
+    _check_finite(feats * 1000, "train")  # within range
+    feats[1, 2, 3, 0] = bad
+    with pytest.raises(PipelineError, match="train: encoder features are non-finite or exceed the float16 range"):
+        _check_finite(feats, "train")
 
 
 def test_conv_bn_fusion_and_bf16_keep_the_features():
