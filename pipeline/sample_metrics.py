@@ -82,21 +82,6 @@ def feature_distances(real: torch.Tensor, fake: torch.Tensor, *, kid_subset_size
     return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
 
 
-def resnet_distances(
-    real: np.ndarray,
-    fake: np.ndarray,
-    resnet: nn.Module,
-    *,
-    batch_size: int,
-    kid_subset_size: int,
-    device: torch.device,
-    seed: int,
-) -> dict[str, float]:
-    """Fréchet distance and KID (mean, std) between two uint8 NHWC image sets."""
-    real_f, fake_f = (resnet_features(x, resnet, batch_size, device) for x in (real, fake))
-    return feature_distances(real_f, fake_f, kid_subset_size=kid_subset_size, seed=seed)
-
-
 def class_table(predicted: np.ndarray, labels: np.ndarray | None, n_classes: int) -> list[dict]:
     """Per class: the share of images the classifier puts in it and, when every image was generated for
     a class (labels given), the fraction of that class's images it recognises."""

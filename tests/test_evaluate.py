@@ -13,7 +13,7 @@ from conftest import TORCH_HOME, make_images, requires_real_weights
 from pipeline import likelihood
 from pipeline.errors import PipelineError
 from pipeline.gpt import training_inputs
-from pipeline.sample_metrics import class_table, feature_distances, resnet_distances
+from pipeline.sample_metrics import class_table, feature_distances, resnet_features
 from pipeline.tokens import TokenSplit
 from sample_world import K, tiny_gpt, write_world
 from stages.paths import METRICS, PLOTS
@@ -45,8 +45,9 @@ def test_resnet_distance_of_an_image_set_to_itself_is_zero(torch_home):
     from pipeline.encoders.cifar_resnet import load_cifar_resnet
 
     images, _ = make_images(80)
-    d = resnet_distances(images, images.copy(), load_cifar_resnet(20), batch_size=40, kid_subset_size=40,
-                         device=torch.device("cpu"), seed=0)  # fmt: skip
+    resnet, cpu = load_cifar_resnet(20), torch.device("cpu")
+    real, fake = (resnet_features(x, resnet, 40, cpu) for x in (images, images.copy()))
+    d = feature_distances(real, fake, kid_subset_size=40, seed=0)
     assert abs(d["fid"]) < 1e-3 and d["kid_mean"] < 1e-3
 
 
