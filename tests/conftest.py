@@ -19,6 +19,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from pipeline import cifar10  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REAL_NPZ = SHARED / "data" / "cifar10" / "cifar10.npz"
@@ -28,6 +30,15 @@ requires_real_cifar = pytest.mark.skipif(not REAL_NPZ.is_file(), reason=f"real C
 requires_real_weights = pytest.mark.skipif(
     not (TORCH_HOME / "hub" / "checkpoints").is_dir(), reason=f"pre-trained weights not at {TORCH_HOME}"
 )
+
+
+@pytest.fixture
+def torch_home(monkeypatch) -> Path:
+    """TORCH_HOME pointed at the real pre-trained weights; the test skips where they are absent."""
+    if not (TORCH_HOME / "hub" / "checkpoints").is_dir():
+        pytest.skip(f"pre-trained weights not at {TORCH_HOME}")
+    monkeypatch.setenv("TORCH_HOME", str(TORCH_HOME))
+    return TORCH_HOME
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +54,14 @@ def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n random CIFAR-shaped uint8 images and labels cycling through the 10 classes."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), (np.arange(n) % 10).astype(np.uint8)
+
+
+def write_raw(path: Path, n_train: int, n_test: int) -> cifar10.Cifar10:
+    """A raw cifar10.h5 as the download stage writes it (the images of write_npz); returns its data."""
+    (x_train, y_train), (x_test, y_test) = make_images(n_train, seed=1), make_images(n_test, seed=2)
+    data = cifar10.Cifar10(cifar10.Split(x_train, y_train), cifar10.Split(x_test, y_test), cifar10.CLASSES, "synthetic")
+    cifar10.write_h5(data, path)
+    return data
 
 
 def write_npz(path: Path, n_train: int = 60, n_test: int = 20, **overrides) -> Path:

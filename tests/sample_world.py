@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import yaml
 
-from conftest import REPO, make_images
+from conftest import REPO, write_raw
 from pipeline import cifar10
 from pipeline.codebook import write_tokens
 from pipeline.decoder import DecoderConfig, InverseCNN
@@ -39,14 +39,11 @@ def write_world(root: Path, conditional: bool = True, n_train: int = 60, n_test:
                 evaluate: dict | None = None, model_k: int = K) -> Path:  # fmt: skip
     """Tokens + raw images (aligned), GPT, decoder and a params.yaml under `root`; returns root."""
     rng = np.random.default_rng(0)
-    splits, raw = {}, {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        images, labels = make_images(n, seed=1 if split == "train" else 2)
-        splits[split] = (rng.integers(0, K, (n, GRID * GRID)).astype(np.uint16), labels)
-        raw[split] = cifar10.Split(images, labels)
+    raw = write_raw(root / RAW, n_train, n_test)
+    splits = {split: (rng.integers(0, K, (len(s.labels), GRID * GRID)).astype(np.uint16), s.labels)
+              for split, s in (("train", raw.train), ("test", raw.test))}  # fmt: skip
     attrs = dict(k=K, grid_h=GRID, grid_w=GRID, n_classes=10, classes=list(CLASSES), encoder="synthetic", feature_dim=DIM)
     write_tokens(root / TOKENS, splits, attrs)
-    cifar10.write_h5(cifar10.Cifar10(raw["train"], raw["test"], CLASSES, "synthetic"), root / RAW)
     save_gpt(tiny_gpt(conditional, model_k), root / GPT_DIR, {"train": {"precision": "fp32"}})
     torch.manual_seed(0)
     decoder = InverseCNN(DecoderConfig(in_channels=DIM, grid=GRID, k=K, channels=32, res_blocks=0), torch.randn(K, DIM))

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import TORCH_HOME, make_images, requires_real_weights
+from conftest import make_images, requires_real_weights, write_raw
 from safetensors.torch import save_file
 
 from pipeline import cifar10
@@ -39,10 +39,8 @@ def write_inputs(
     rng = np.random.default_rng(0)
     paths = {name: root / f"{name}.{ext}" for name, ext in
              [("raw", "h5"), ("features", "h5"), ("codebook", "safetensors"), ("tokens", "h5")]}  # fmt: skip
-    x_train, y_train = make_images(n_train, seed=1)
-    x_test, y_test = make_images(n_test, seed=2)
-    data = cifar10.Cifar10(cifar10.Split(x_train, y_train), cifar10.Split(x_test, y_test), cifar10.CLASSES, "synthetic")
-    cifar10.write_h5(data, paths["raw"])
+    data = write_raw(paths["raw"], n_train, n_test)
+    y_train, y_test = data.train.labels, data.test.labels
     with h5py.File(paths["features"], "w") as f:
         f.attrs.update(encoder=encoder, layers=["rgb"] if encoder == "pixels" else ["layer1", "layer2", "layer3"],
                        grid=feature_grid or grid, input_size=32, standardized=True)  # fmt: skip
@@ -217,13 +215,12 @@ def test_mismatching_inputs_fail_clearly(tmp_path):
 
 @requires_real_weights
 @pytest.mark.parametrize("kind", ["cnn", "palette"])
-def test_stage_end_to_end(tmp_path, monkeypatch, repo_params, kind):
+def test_stage_end_to_end(tmp_path, monkeypatch, repo_params, torch_home, kind):
     import yaml
 
     from stages import decoder as stage
     from stages.paths import CODEBOOK, DECODER_CHECKPOINTS, FEATURES, RAW, TOKENS
 
-    monkeypatch.setenv("TORCH_HOME", str(TORCH_HOME))
     monkeypatch.chdir(tmp_path)
     if kind == "cnn":  # real ResNet-20 layers 1-3 give 16 + 32 + 64 = 112 channels
         paths, dim, grid = write_inputs(tmp_path / "in", dim=112, n_train=16, n_test=8), 112, 8

@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REAL_NPZ, TORCH_HOME
+from conftest import REAL_NPZ, requires_real_cifar
 from pipeline.classifier import classify
 from pipeline.encoders import ENCODERS, build_encoder, check_layers
 from pipeline.encoders.cifar_resnet import CHECKPOINTS, CifarResNet, load_cifar_resnet
 from pipeline.errors import PipelineError
-
-
-@pytest.fixture
-def torch_home(monkeypatch):
-    if not (TORCH_HOME / "hub" / "checkpoints" / CHECKPOINTS[20][0]).is_file():
-        pytest.skip(f"pretrained CIFAR ResNet weights not found under {TORCH_HOME}")
-    monkeypatch.setenv("TORCH_HOME", str(TORCH_HOME))
 
 
 @pytest.mark.parametrize(
@@ -57,9 +50,8 @@ def test_pretrained_weights_load_strict_and_frozen(torch_home, depth):
     assert not any(p.requires_grad for p in model.parameters())
 
 
+@requires_real_cifar
 def test_resnet20_reproduces_published_accuracy(torch_home):
-    if not REAL_NPZ.is_file():
-        pytest.skip(f"real CIFAR-10 not found at {REAL_NPZ}")
     with np.load(REAL_NPZ) as z:
         x, y = z["x_test"], z["y_test"]
     preds = classify(load_cifar_resnet(20), x, batch_size=1000, device="cpu")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TORCH_HOME, make_images, requires_real_weights
+from conftest import make_images, requires_real_weights
 from pipeline import likelihood
 from pipeline.errors import PipelineError
 from pipeline.gpt import training_inputs
@@ -18,11 +18,6 @@ from pipeline.tokens import TokenSplit
 from sample_world import K, tiny_gpt, write_world
 from stages.paths import METRICS, PLOTS
 from test_sample import run_sample
-
-
-@pytest.fixture
-def torch_home(monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(TORCH_HOME))
 
 
 def test_identical_feature_sets_are_at_distance_zero_and_shifted_ones_are_not():

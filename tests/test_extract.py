@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_images
+from conftest import make_images, write_raw
 from pipeline import cifar10
 from pipeline.encoders import build_encoder
 from pipeline.errors import PipelineError
@@ -23,10 +23,8 @@ BASE = dict(encoder="cifar_resnet20", layers=["layer1", "layer2", "layer3"], gri
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     """A small CIFAR-shaped raw file, as the download stage writes it."""
-    (xtr, ytr), (xte, yte) = make_images(N_TRAIN, seed=1), make_images(N_TEST, seed=2)
-    data = cifar10.Cifar10(cifar10.Split(xtr, ytr), cifar10.Split(xte, yte), cifar10.CLASSES, "synthetic")
     path = tmp_path_factory.mktemp("raw") / "cifar10.h5"
-    cifar10.write_h5(data, path)
+    write_raw(path, N_TRAIN, N_TEST)
     return path
 
 

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import REPO, TORCH_HOME, copy_repo, requires_real_weights, run, write_npz
+from conftest import REPO, copy_repo, requires_real_weights, run, write_npz
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 STAGES = ["download", "extract", "codebook", "decoder", "train", "sample", "evaluate"]
@@ -30,8 +30,7 @@ def clone(src, dest):
 
 
 @pytest.fixture
-def tiny_project(tmp_path, repo_params, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(TORCH_HOME))  # the CIFAR ResNet-20 weights, offline
+def tiny_project(tmp_path, repo_params, torch_home):  # torch_home: the CIFAR ResNet-20 weights, offline
     repo = copy_repo(tmp_path / "repo")
     npz = write_npz(tmp_path / "cifar_tiny.npz", n_train=200, n_test=100)
     profile = yaml.safe_load((REPO / "tests/profiles/tiny.yaml").read_text())
