@@ -23,6 +23,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -231,8 +232,10 @@ def train_decoder(
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     n = len(inputs.train_tokens)
     steps_per_epoch = math.ceil(n / p.batch_size)
-    total = steps_per_epoch * p.epochs  # LambdaLR scales p.lr by this factor: warm-up, then cosine to 0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, total, p.warmup_steps, 1.0, 0.0))
+    # LambdaLR scales p.lr by this factor: warm-up, then cosine to 0. partial binds the values now (a
+    # lambda would read `total` at call time, and the loop below reuses that name for the loss sum).
+    factor = partial(lr_at, total=steps_per_epoch * p.epochs, warmup_steps=p.warmup_steps, lr=1.0, min_lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     fingerprint = run_fingerprint(p, inputs)
     result = TrainResult(model)
     start_epoch = _resume(checkpoint_dir / CHECKPOINT, fingerprint, model, optimizer, scheduler, result)

@@ -121,6 +121,24 @@ def test_training_is_deterministic_and_learns(tmp_path):
     assert a.history[-1]["train_loss"] < a.history[0]["train_loss"]
 
 
+def test_learning_rate_follows_warmup_then_cosine(tmp_path, monkeypatch):
+    """The lr of every step is p.lr x schedule.lr_at (warm-up, cosine to 0 over all epochs' steps)."""
+    from pipeline.schedule import lr_at
+
+    inputs, p = load(write_inputs(tmp_path)), params()
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def record(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    dt.train_decoder(p, inputs, tmp_path / "ckpt")
+    steps = -(-len(inputs.train_tokens) // p.batch_size) * p.epochs
+    assert seen == pytest.approx([p.lr * lr_at(s, steps, p.warmup_steps, 1.0, 0.0) for s in range(steps)], rel=1e-12)
+
+
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     inputs = load(write_inputs(tmp_path))
     p = params(epochs=2)
