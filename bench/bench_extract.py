@@ -2,7 +2,7 @@
 
     TORCH_HOME=../shared/torch-home .venv/bin/python bench/bench_extract.py [--limit N]
 
-product:  pipeline.features.write_features as the stage runs it (conv-bn folded, channels_last, bf16
+product:  pipeline.features.extract.write_features as the stage runs it (conv-bn folded, channels_last, bf16
           autocast, batch extract.batch_size, HDF5 writes on a background thread)
 baseline: the plain loop - unfused encoder, fp32, batch 500, no channels_last, synchronous writes
 Both write the same standardised features.h5 (the extract params of params.yaml, as the stage reads them).
@@ -24,17 +24,17 @@ from torch.fx.experimental.optimization import fuse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from pipeline import cifar10  # noqa: E402
-from pipeline.atomic import atomic_path
-from pipeline.classifier import classify
-from pipeline.encoders import build_encoder
-from pipeline.encoders.cifar_resnet import load_cifar_resnet
-from pipeline.features import (
+from pipeline.data import cifar10  # noqa: E402
+from pipeline.core.atomic import atomic_path
+from pipeline.evaluation.classifier import classify
+from pipeline.features.encoders import build_encoder
+from pipeline.features.encoders.cifar_resnet import load_cifar_resnet
+from pipeline.features.extract import (
     GridSpec, RunningStats, _standardize_in_place, encode_batch, extract_spec, has_convs, prepare_encoder,
     write_features,
 )
 from pipeline.params import load_params
-from pipeline.runtime import autocast, resolve_device, setup_logging
+from pipeline.core.runtime import autocast, resolve_device, setup_logging
 from stages.paths import RAW
 
 

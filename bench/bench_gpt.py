@@ -31,11 +31,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import gpt  # noqa: E402
-from pipeline.gpt import GPT, GPTConfig, training_inputs  # noqa: E402
-from pipeline.gpt_training import model_config  # noqa: E402
+from pipeline.gpt import model as gpt  # noqa: E402
+from pipeline.gpt.model import GPT, GPTConfig, training_inputs  # noqa: E402
+from pipeline.gpt.training import model_config  # noqa: E402
 from pipeline.params import CPU_PRESET, Params, apply_overrides, parse_params  # noqa: E402
-from pipeline.tokens import TokenMeta  # noqa: E402
+from pipeline.tokenizer.files import TokenMeta  # noqa: E402
 
 N_TRAIN = 50_000
 
@@ -120,7 +120,7 @@ def main() -> None:
     tr, grid = p.train, p.extract.grid
     L, H, D, B, epochs, drop, prec = tr.n_layer, tr.n_head, tr.n_embd, tr.batch_size, tr.epochs, tr.dropout, tr.precision
     # the model the preset's train stage builds (10 CIFAR classes, the preset's codebook and grid)
-    preset = model_config(tr, TokenMeta(p.codebook.k, grid, grid, 10, tuple(map(str, range(10))), p.extract.encoder, 3))
+    preset = model_config(tr, TokenMeta(p.codebook.k, grid, grid, 10, tuple(map(str, range(10))), p.extract.encoder, 3, "bench"))
     out: dict = {"threads": args.threads, "preset": {"n_layer": L, "n_head": H, "n_embd": D, "batch": B}}
 
     peak = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}

@@ -21,19 +21,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import re
 import sys
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
-from threadpoolctl import threadpool_limits
+# FAISS's OpenMP threads busy-wait by default; libgomp reads this once, before faiss or torch load it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline import codebook as cb  # noqa: E402
+from pipeline.tokenizer import kmeans as cb  # noqa: E402
 
-import faiss  # noqa: E402  (after pipeline.codebook, which sets OMP_WAIT_POLICY before faiss loads)
+import faiss  # noqa: E402
 
 
 def load_vectors(features: Path, n: int, dim: int, seed: int) -> tuple[np.ndarray, str]:

@@ -30,16 +30,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import sampling  # noqa: E402
-from pipeline.decoder import DecoderConfig, InverseCNN  # noqa: E402
-from pipeline.encoders import build_encoder  # noqa: E402
-from pipeline.features import extract_spec, grid_features  # noqa: E402
-from pipeline.gpt import GPT  # noqa: E402
-from pipeline.gpt_training import model_config  # noqa: E402
+from pipeline.gpt import sampling  # noqa: E402
+from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN  # noqa: E402
+from pipeline.features.encoders import build_encoder  # noqa: E402
+from pipeline.features.extract import extract_spec, grid_features  # noqa: E402
+from pipeline.gpt.model import GPT  # noqa: E402
+from pipeline.gpt.training import model_config  # noqa: E402
 from pipeline.params import CPU_PRESET, Params, apply_overrides, parse_params  # noqa: E402
-from pipeline.runtime import resolve_device  # noqa: E402
-from pipeline.token_decoding import PALETTE_GRID, TokenDecoder  # noqa: E402
-from pipeline.tokens import TokenMeta  # noqa: E402
+from pipeline.core.runtime import resolve_device  # noqa: E402
+from pipeline.tokenizer.decoding import PALETTE_GRID, TokenDecoder  # noqa: E402
+from pipeline.tokenizer.files import TokenMeta  # noqa: E402
 
 DEFAULT_CPU_RATIO_IMAGES = 100
 
@@ -54,7 +54,7 @@ def feature_dim(p: Params) -> int:
 def build(p: Params, device: torch.device) -> tuple[GPT, TokenDecoder]:
     pixels = p.extract.encoder == "pixels"
     grid = PALETTE_GRID if pixels else p.extract.grid
-    meta = TokenMeta(p.codebook.k, grid, grid, 10, tuple(map(str, range(10))), p.extract.encoder, 3)
+    meta = TokenMeta(p.codebook.k, grid, grid, 10, tuple(map(str, range(10))), p.extract.encoder, 3, "bench")
     torch.manual_seed(0)
     model = GPT(model_config(p.train, meta)).to(device).eval()
     if pixels:

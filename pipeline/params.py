@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -43,7 +43,7 @@ class DownloadParams(Section):
 
 
 class ExtractParams(Section):
-    # Registry name, see pipeline.encoders: cifar_resnet20/32/44/56, resnet18, resnet50, vgg16_bn,
+    # Registry name, see pipeline.features.encoders: cifar_resnet20/32/44/56, resnet18, resnet50, vgg16_bn,
     # efficientnet_lite0, or "pixels" (the classic demo's pixel-palette tokenizer).
     encoder: str
     layers: list[str]

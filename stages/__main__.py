@@ -2,8 +2,8 @@
 
 import sys
 
-from pipeline.errors import PipelineError
-from pipeline.runtime import setup_logging
+from pipeline.core.errors import PipelineError
+from pipeline.core.runtime import setup_logging
 from stages import app
 
 # Importing a stage module registers its sub-command on `app`, in pipeline order.

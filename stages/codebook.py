@@ -7,15 +7,16 @@ With extract.encoder = pixels this is the classic demo's pixel-palette tokenizer
 import logging
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from pipeline import codebook as cb
-from pipeline.atomic import write_json
-from pipeline.cifar10 import CLASSES
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import open_h5
+from pipeline.core.atomic import write_json
+from pipeline.core.errors import PipelineError
+from pipeline.core.plots import save_png, write_csv
+from pipeline.data.cifar10 import CLASSES
+from pipeline.features.files import SPLITS, check_features
 from pipeline.params import load_params
-from pipeline.plots import rank_figure, save_png, write_csv
+from pipeline.tokenizer import files as token_files, kmeans as cb
 from stages import PARAMS_OPTION, app
 from stages.paths import CODEBOOK, FEATURES, METRICS, PLOTS, TOKENS
 
@@ -26,11 +27,9 @@ log = logging.getLogger(__name__)
 def codebook(params: Path = PARAMS_OPTION) -> None:
     """Fit FAISS k-means on sampled train features; tokenise train and test."""
     p = load_params(params).codebook
-    if not FEATURES.is_file():
-        raise PipelineError(f"{FEATURES}: features not found; run the extract stage (`dvc repro extract`) first")
     gpu = cb.use_faiss_gpu(p.device)
-    with h5py.File(FEATURES, "r") as f:
-        layout = cb.check_features(f, FEATURES)
+    with open_h5(FEATURES, "extract", "features") as f:
+        layout = check_features(f, FEATURES)
         log.info(
             "%s: %s features, %dx%d grid, %d dims, %s images",
             *(FEATURES, layout.encoder, layout.grid_h, layout.grid_w, layout.dim, layout.counts),
@@ -40,19 +39,20 @@ def codebook(params: Path = PARAMS_OPTION) -> None:
             raise PipelineError(f"{FEATURES}: train/features contains NaN or inf; re-run the extract stage")
         fit = cb.fit_kmeans(sample, p.k, p.niter, p.seed, p.max_points_per_centroid, gpu, p.init)
         del sample
-        assigned = {s: cb.assign(f[f"{s}/features"], fit.centroids, gpu, desc=f"assign {s}") for s in cb.SPLITS}
-        labels = {s: f[f"{s}/labels"][:] for s in cb.SPLITS}
+        assigned = {s: cb.assign(f[f"{s}/features"], fit.centroids, gpu, desc=f"assign {s}") for s in SPLITS}
+        labels = {s: f[f"{s}/labels"][:] for s in SPLITS}
 
-    described = dict(k=p.k, feature_dim=layout.dim, encoder=layout.encoder)
-    cb.write_codebook(
+    described = dict(k=p.k, feature_dim=layout.dim, encoder=layout.encoder,
+                     codebook_sha256=token_files.centroids_sha256(fit.centroids))
+    token_files.write_codebook(
         CODEBOOK,
         fit.centroids,
         dict(described, grid=layout.grid_h, niter=p.niter, seed=p.seed, init=p.init, n_fit=fit.n_fit)
         | {"objective": fit.objective},
     )
-    cb.write_tokens(
+    token_files.write_tokens(
         TOKENS,
-        {s: (assigned[s].tokens, labels[s]) for s in cb.SPLITS},
+        {s: (assigned[s].tokens, labels[s]) for s in SPLITS},
         dict(described, grid_h=layout.grid_h, grid_w=layout.grid_w, n_classes=len(CLASSES), classes=list(CLASSES)),
     )
 
@@ -73,7 +73,7 @@ def codebook(params: Path = PARAMS_OPTION) -> None:
     order = np.argsort(-counts, kind="stable")
     write_csv(PLOTS / "codebook_usage.csv", ["rank", "code", "count"], zip(range(p.k), order, counts[order]))
     title = f"code usage on train (k={p.k}, perplexity {metrics['perplexity']:.0f}, {metrics['dead_codes']} dead)"
-    figure = rank_figure(counts, title, "code rank", "grid cells", reference="uniform usage")
+    figure = cb.usage_figure(counts, title, "code rank", "grid cells", reference="uniform usage")
     save_png(figure, PLOTS / "codebook_usage.png")
     log.info(
         "codebook: rel. error train %.4f test %.4f, perplexity %.1f / %d, %d dead codes -> %s, %s",

@@ -8,12 +8,14 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline import decoder_training as dt
-from pipeline.atomic import write_json
-from pipeline.image_metrics import reconstruction_metrics
-from pipeline.params import load_params
-from pipeline.runtime import resolve_device
-from pipeline.token_decoding import load_token_decoder, save_cnn_decoder, save_palette_decoder
+from pipeline.core.atomic import write_json
+from pipeline.core.hashing import code_sha256
+from pipeline.core.images import write_png
+from pipeline.core.runtime import resolve_device
+from pipeline.evaluation.reconstruction import reconstruction_metrics
+from pipeline.params import CPU_PRESET_COMMAND, load_params
+from pipeline.tokenizer import decoder_training as dt
+from pipeline.tokenizer.decoding import load_token_decoder, save_cnn_decoder, save_palette_decoder
 from stages import PARAMS_OPTION, app
 from stages.paths import CODEBOOK, DECODER_CHECKPOINTS, DECODER_DIR, FEATURES, METRICS, PLOTS, RAW, TOKENS
 
@@ -30,7 +32,9 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
     p = load_params(params).decoder
     inputs = dt.load_inputs(TOKENS, CODEBOOK, FEATURES, RAW)
     device = resolve_device(p.device)
-    extra = {"encoder": inputs.encoder, "layers": inputs.layers}
+    # bf16 autocast only pays off on GPU; on CPU it is slower and would break bitwise determinism.
+    precision = p.precision if device.type == "cuda" else "fp32"
+    extra = {"encoder": inputs.encoder, "layers": inputs.layers, "codebook_sha256": inputs.codebook_sha256}
     history, train_seconds = [], 0.0
     if inputs.is_pixels:
         save_palette_decoder(dt.palette_colours(inputs), DECODER_DIR, extra)
@@ -38,7 +42,9 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
         write_json(DECODER_CHECKPOINTS / "palette.json", {"kind": "palette", "note": "no training, no checkpoint"})
     else:
         feature_loss = dt.build_feature_loss(inputs, device) if p.perceptual_weight > 0 else None
-        result = dt.train_decoder(p, inputs, DECODER_CHECKPOINTS, feature_loss)
+        hint = f"For a 2-core CPU, the CPU preset trains a smaller decoder for fewer epochs: {CPU_PRESET_COMMAND}"
+        result = dt.train_decoder(p, inputs, DECODER_CHECKPOINTS, device, precision, code_sha256("decoder"),
+                                  feature_loss, slow_hint=hint if device.type == "cpu" else "")  # fmt: skip
         save_cnn_decoder(result.model.cpu(), DECODER_DIR, extra)
         history, train_seconds = result.history, result.train_seconds
     dt.write_history_csv(history, LOSS_CSV)
@@ -50,12 +56,12 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
     metrics.update(
         kind=token_decoder.kind, encoder=inputs.encoder, tokens_per_image=int(inputs.test_tokens.shape[1]),
         k=token_decoder.k, n_test=len(reconstructions), epochs=len(history), train_seconds=round(train_seconds, 1),
-        eval_seconds=round(time.perf_counter() - t0, 1), device=str(device),
+        eval_seconds=round(time.perf_counter() - t0, 1), device=str(device), precision=precision,
     )  # fmt: skip
     write_json(METRICS_JSON, metrics)
-    dt.write_png(dt.reconstruction_grid(inputs.test_images, reconstructions), GRID_PNG)
+    write_png(dt.reconstruction_grid(inputs.test_images, reconstructions), GRID_PNG)
     log.info(
-        "decoder (%s, %d tokens/image): test PSNR %.2f dB, SSIM %.3f, ResNet-20 accuracy %.1f %% on reconstructions "
+        "decoder (%s, %d tokens/image): test PSNR %.2f dB, SSIM %.3f, classifier accuracy %.1f %% on reconstructions "
         "vs %.1f %% on originals -> %s, %s",
         token_decoder.kind, metrics["tokens_per_image"], metrics["psnr_db"], metrics["ssim"],
         100 * metrics["accuracy_reconstructions"], 100 * metrics["accuracy_originals"], METRICS_JSON, GRID_PNG,

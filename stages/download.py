@@ -3,7 +3,7 @@
 import logging
 from pathlib import Path
 
-from pipeline import cifar10
+from pipeline.data import cifar10
 from pipeline.params import load_params
 from stages import PARAMS_OPTION, app
 from stages.paths import RAW

@@ -1,6 +1,6 @@
 """evaluate: GPT test NLL, tokenizer reconstructions and sample quality -> metrics/eval.json, plots/eval_classes.csv.
 
-Sample distances (Fréchet distance, KID) live in the pre-trained CIFAR ResNet-20's pooled feature space
+Sample distances (Fréchet distance, KID) live in the evaluator's (evaluation/classifier.py) pooled feature space
 and compare evaluate.n_samples images of data/samples with the 10,000 test images; the same number of
 test reconstructions and of train images are scored the same way as reference points (the train
 images give the floor a perfect generator would reach with that many images).
@@ -12,16 +12,19 @@ import time
 from pathlib import Path
 
 
-from pipeline import cifar10, likelihood, sampling, tokens as tok
-from pipeline.atomic import write_json
-from pipeline.encoders.cifar_resnet import load_cifar_resnet
-from pipeline.errors import PipelineError
-from pipeline.gpt import load_gpt
-from pipeline.image_metrics import reconstruction_metrics
+from pipeline.core.artifacts import read_model_config
+from pipeline.core.atomic import write_json
+from pipeline.core.errors import PipelineError
+from pipeline.core.plots import write_csv
+from pipeline.core.runtime import resolve_device
+from pipeline.data import cifar10
+from pipeline.evaluation.classifier import EVALUATOR_NAME
+from pipeline.evaluation.reconstruction import reconstruction_metrics
+from pipeline.gpt import likelihood, sampling
+from pipeline.gpt.model import load_gpt
 from pipeline.params import load_params
-from pipeline.plots import write_csv
-from pipeline.runtime import resolve_device, seed_everything
-from pipeline.token_decoding import load_token_decoder
+from pipeline.tokenizer import files as tok
+from pipeline.tokenizer.decoding import load_token_decoder
 from stages import PARAMS_OPTION, app
 from stages.paths import DECODER_DIR, GPT_DIR, METRICS, PLOTS, RAW, SAMPLES, TOKENS
 
@@ -29,7 +32,6 @@ log = logging.getLogger(__name__)
 
 METRICS_JSON = METRICS / "eval.json"
 CLASSES_CSV = PLOTS / "eval_classes.csv"
-RESNET_DEPTH = 20
 
 
 @app.command()
@@ -37,13 +39,18 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     """Score the GPT (test NLL), the tokenizer (reconstructions) and the samples (FID/KID, class agreement)."""
     p = load_params(params).evaluate
     device = resolve_device(p.device)
-    seed_everything(p.seed)
     t0 = time.perf_counter()
     meta = tok.read_meta(TOKENS)
     train, test = tok.read_split(TOKENS, "train", meta), tok.read_split(TOKENS, "test", meta)
     model = load_gpt(GPT_DIR, device)
     tok.check_compatible(model.cfg, meta, str(GPT_DIR), str(TOKENS))
-    gpt = likelihood.gpt_test_nll(model, test, p.batch_size, device, likelihood.training_precision(GPT_DIR))
+    gpt_config, decoder_config = read_model_config(GPT_DIR, "train"), read_model_config(DECODER_DIR, "decoder")
+    tok.check_same_codebook({
+        str(GPT_DIR): gpt_config.get("codebook_sha256"), str(DECODER_DIR): decoder_config.get("codebook_sha256"),
+    }, str(TOKENS), meta)  # fmt: skip
+    precision = gpt_config.get("train", {}).get("precision", "fp32")  # as in training's per-epoch NLL
+    nll = likelihood.mean_nll(model, test, p.batch_size, device, precision)
+    gpt = {**likelihood.nll_metrics(nll, meta.seq_len), "precision": precision}
     gpt.update(likelihood.unigram_baselines(train.tokens, test.tokens, meta.k))
     del model
 
@@ -56,13 +63,12 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     samples = sampling.read_samples(SAMPLES)
     if samples.tokens.shape[1] != meta.seq_len:
         raise PipelineError(f"{SAMPLES}: {samples.tokens.shape[1]} tokens per image vs {meta.seq_len} in {TOKENS}; re-run the sample stage")
-    from pipeline.sample_metrics import sample_quality  # torchmetrics import is slow; only here
+    from pipeline.evaluation.distribution import sample_quality  # torchmetrics import is slow; only here
 
     quality, per_class = sample_quality(
         samples.images, samples.labels if samples.conditional else None, raw_test.images,
-        {"reconstructions": reconstructions, "train_images": raw_train.images}, load_cifar_resnet(RESNET_DEPTH),
+        {"reconstructions": reconstructions, "train_images": raw_train.images},
         n=p.n_samples, batch_size=p.batch_size, kid_subset_size=p.kid_subset_size, device=device, seed=p.seed,
-        depth=RESNET_DEPTH,
     )  # fmt: skip
     metrics = {
         "gpt": gpt, "tokenizer": tokenizer, **quality, "conditional": samples.conditional,
@@ -77,10 +83,10 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     )  # fmt: skip
     s, rec, tr = quality["samples"], quality["reference_reconstructions"], quality["reference_train_images"]
     log.info(
-        "GPT test %.4f nats/token (%.1f bits/image; unigram %.1f); tokenizer PSNR %.2f dB; samples FID-R20 %.2f "
+        "GPT test %.4f nats/token (%.1f bits/image; unigram %.1f); tokenizer PSNR %.2f dB; samples fid_%s %.2f "
         "(reconstructions %.2f, train images %.2f), class agreement %s -> %s (%.0f s)",
         gpt["test_nll"], gpt["test_bits_per_image"], gpt["unigram_test_entropy_bits_per_image"], tokenizer["psnr_db"],
-        s["fid_resnet20"], rec["fid_resnet20"], tr["fid_resnet20"],
+        EVALUATOR_NAME, *(x[f"fid_{EVALUATOR_NAME}"] for x in (s, rec, tr)),
         "n/a" if s["class_agreement"] is None else f"{100 * s['class_agreement']:.1f} %", METRICS_JSON,
         time.perf_counter() - t0,
     )  # fmt: skip

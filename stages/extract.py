@@ -3,7 +3,7 @@
 import logging
 from pathlib import Path
 
-from pipeline.features import run_extract
+from pipeline.features.extract import run_extract
 from pipeline.params import load_params
 from stages import PARAMS_OPTION, app
 from stages.paths import FEATURES, RAW

@@ -4,13 +4,15 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline import sampling, tokens as tok
-from pipeline.atomic import write_bytes
-from pipeline.gpt import load_gpt
+from pipeline.gpt import sampling
+from pipeline.tokenizer import files as tok
+from pipeline.core.atomic import write_bytes
+from pipeline.gpt.model import load_gpt
 from pipeline.params import load_params
-from pipeline.plots import save_png
-from pipeline.runtime import resolve_device, seed_everything
-from pipeline.token_decoding import load_token_decoder
+from pipeline.core.plots import save_png
+from pipeline.core.artifacts import read_model_config
+from pipeline.core.runtime import resolve_device
+from pipeline.tokenizer.decoding import load_token_decoder
 from stages import PARAMS_OPTION, app
 from stages.paths import DECODER_DIR, GPT_DIR, PLOTS, SAMPLE_GRID, SAMPLES, TOKENS
 
@@ -24,12 +26,15 @@ def sample(params: Path = PARAMS_OPTION) -> None:
     """Generate sample.n_per_class images per class (KV cache, temperature/top-k/top-p, guidance)."""
     p = load_params(params).sample
     device = resolve_device(p.device)
-    seed_everything(p.seed)
     meta = tok.read_meta(TOKENS)
     model = load_gpt(GPT_DIR, device)
     tok.check_compatible(model.cfg, meta, str(GPT_DIR), str(TOKENS))
     decoder = load_token_decoder(DECODER_DIR)
     sampling.check_decoder(model.cfg, decoder, str(GPT_DIR), str(DECODER_DIR))
+    tok.check_same_codebook({
+        str(GPT_DIR): read_model_config(GPT_DIR, "train").get("codebook_sha256"),
+        str(DECODER_DIR): read_model_config(DECODER_DIR, "decoder").get("codebook_sha256"),
+    }, str(TOKENS), meta)  # fmt: skip
 
     labels = sampling.sample_labels(model.cfg, p.n_per_class)
     t0 = time.perf_counter()

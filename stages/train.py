@@ -1,14 +1,18 @@
 """train: data/tokens/tokens.h5 -> GPT (data/models/gpt), metrics/train.json, plots/train_loss.*
 
-Resumes from data/checkpoints/gpt (persisted by DVC) after an interruption. Multi-GPU:
-`torchrun --nproc_per_node=N -m stages train` (train.batch_size is the global batch).
+Resumes from data/checkpoints/gpt (persisted by DVC) after an interruption, when params, tokens and
+code are unchanged. Multi-GPU: `torchrun --nproc_per_node=N -m stages train` (train.batch_size is the
+global batch).
 """
 
 import logging
 from pathlib import Path
 
-from pipeline.gpt_training import TrainPaths, distributed, train as train_gpt
-from pipeline.params import load_params
+import torch
+
+from pipeline.core.hashing import code_sha256
+from pipeline.gpt.training import TrainPaths, distributed, train as train_gpt
+from pipeline.params import CPU_PRESET_COMMAND, load_params
 from stages import PARAMS_OPTION, app
 from stages.paths import GPT_CHECKPOINTS, GPT_DIR, METRICS, PLOTS, TOKENS
 
@@ -21,4 +25,7 @@ def train(params: Path = PARAMS_OPTION) -> None:
     p = load_params(params).train
     paths = TrainPaths(TOKENS, GPT_DIR, GPT_CHECKPOINTS, METRICS / "train.json", PLOTS)
     with distributed(p.device) as info:
-        train_gpt(p, paths, info)
+        if info.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts
+        hint = f"For a 2-core CPU, the CPU preset trains a smaller GPT: {CPU_PRESET_COMMAND}"
+        train_gpt(p, paths, info, code=code_sha256("train"), slow_hint=hint if info.device.type == "cpu" else "")

@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from conftest import REPO, write_raw
-from pipeline import cifar10
-from pipeline.codebook import write_tokens
-from pipeline.decoder import DecoderConfig, InverseCNN
-from pipeline.gpt import GPT, GPTConfig, save_gpt
-from pipeline.token_decoding import save_cnn_decoder
+from pipeline.data import cifar10
+from pipeline.tokenizer.files import centroids_sha256, write_tokens
+from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
+from pipeline.gpt.model import GPT, GPTConfig, save_gpt
+from pipeline.tokenizer.decoding import save_cnn_decoder
 from stages.paths import DECODER_DIR, GPT_DIR, RAW, TOKENS
 
 K, GRID, DIM = 16, 4, 8
@@ -42,12 +42,14 @@ def write_world(root: Path, conditional: bool = True, n_train: int = 60, n_test:
     raw = write_raw(root / RAW, n_train, n_test)
     splits = {split: (rng.integers(0, K, (len(s.labels), GRID * GRID)).astype(np.uint16), s.labels)
               for split, s in (("train", raw.train), ("test", raw.test))}  # fmt: skip
-    attrs = dict(k=K, grid_h=GRID, grid_w=GRID, n_classes=10, classes=list(CLASSES), encoder="synthetic", feature_dim=DIM)
-    write_tokens(root / TOKENS, splits, attrs)
-    save_gpt(tiny_gpt(conditional, model_k), root / GPT_DIR, {"train": {"precision": "fp32"}})
     torch.manual_seed(0)
-    decoder = InverseCNN(DecoderConfig(in_channels=DIM, grid=GRID, k=K, channels=32, res_blocks=0), torch.randn(K, DIM))
-    save_cnn_decoder(decoder, root / DECODER_DIR)
+    centroids = torch.randn(K, DIM)
+    made_from = {"codebook_sha256": centroids_sha256(centroids.numpy())}
+    attrs = dict(k=K, grid_h=GRID, grid_w=GRID, n_classes=10, classes=list(CLASSES), encoder="synthetic", feature_dim=DIM)
+    write_tokens(root / TOKENS, splits, attrs | made_from)
+    save_gpt(tiny_gpt(conditional, model_k), root / GPT_DIR, {"train": {"precision": "fp32"}} | made_from)
+    decoder = InverseCNN(DecoderConfig(in_channels=DIM, grid=GRID, k=K, channels=32, res_blocks=0), centroids)
+    save_cnn_decoder(decoder, root / DECODER_DIR, made_from)
     params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
     params["sample"].update({"n_per_class": 3, "batch_size": 7, "device": "cpu", **(sample or {})})
     params["evaluate"].update({"n_samples": 30, "batch_size": 16, "kid_subset_size": 10, "device": "cpu", **(evaluate or {})})

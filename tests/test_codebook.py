@@ -11,8 +11,9 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from pipeline import codebook as cb
-from pipeline.errors import PipelineError
+from pipeline.tokenizer import files as token_files, kmeans as cb
+from pipeline.tokenizer.palette import palette_decode
+from pipeline.core.errors import PipelineError
 from stages.codebook import codebook as codebook_stage
 
 
@@ -32,7 +33,7 @@ def write_features(path: Path, train: np.ndarray, test: np.ndarray, encoder: str
             f[f"{split}/features"] = feats
             f[f"{split}/labels"] = (np.arange(len(feats)) % 10).astype(np.uint8)
         f.attrs.update(
-            dict(encoder=encoder, layers=["layer3"], grid=train.shape[1], input_size=32, standardized=False,
+            dict(encoder=encoder, layers=["layer3"], grid=train.shape[1], input_size=32, pool="avg", standardized=False,
                  weights_sha256="0" * 64, normalization="none"),  # fmt: skip
         )
         f.attrs.update(attrs)
@@ -82,9 +83,12 @@ def test_stage_on_separated_blobs_writes_the_contract(workdir):
     assert sorted(code_of_blob.values()) == list(range(8))
 
     with safe_open(root / "data/tokens/codebook.safetensors", "numpy") as f:
-        centroids, meta = f.get_tensor("centroids"), f.metadata()
+        centroids, meta = f.get_tensor("centroids"), json.loads(f.metadata()["codebook"])
     assert centroids.shape == (8, 8) and centroids.dtype == np.float32
-    assert meta["k"] == "8" and meta["encoder"] == "synthetic" and meta["seed"] == "0"
+    assert meta["k"] == 8 and meta["encoder"] == "synthetic" and meta["seed"] == 0
+    # tokens and codebook name the same centroids; everything made from the tokens inherits the hash
+    assert attrs["codebook_sha256"] == meta["codebook_sha256"] == token_files.centroids_sha256(centroids)
+    assert token_files.read_meta(root / "data/tokens/tokens.h5").codebook_sha256 == attrs["codebook_sha256"]
     np.testing.assert_allclose(centroids[[code_of_blob[b] for b in range(8)]], CENTERS, atol=1e-2)
 
     metrics = json.loads((root / "metrics/codebook.json").read_text())
@@ -107,12 +111,12 @@ def test_pixel_palette_tokenizer_round_trips(workdir):
     write_features(root / "data/features/features.h5", pixels["train"], pixels["test"], encoder="pixels")
     codebook_stage(params=write_params(k=16))
 
-    centroids = cb.load_codebook(root / "data/tokens/codebook.safetensors")
+    centroids = token_files.load_codebook(root / "data/tokens/codebook.safetensors")
     for split in ("train", "test"):
         with h5py.File(root / "data/tokens/tokens.h5") as f:
             tokens = f[f"{split}/tokens"][:]
         assert tokens.shape == (len(images[split]), 1024)
-        decoded = cb.palette_decode(tokens, centroids, grid=32)
+        decoded = palette_decode(tokens, centroids, grid=32)
         assert decoded.dtype == np.uint8
         np.testing.assert_array_equal(decoded, images[split])
 
@@ -120,11 +124,11 @@ def test_pixel_palette_tokenizer_round_trips(workdir):
 def test_palette_decode_undoes_standardisation():
     colours = np.array([[0.0, 0.5, 1.0], [1.0, 0.0, 0.25]], dtype=np.float32)
     mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.2, 0.25, 0.5])
-    out = cb.palette_decode(np.array([[1, 0, 0, 1]]), (colours - mean) / std, grid=2, mean=mean, std=std)
+    out = palette_decode(np.array([[1, 0, 0, 1]]), (colours - mean) / std, grid=2, mean=mean, std=std)
     assert out.shape == (1, 2, 2, 3)
     np.testing.assert_array_equal(out[0, 0, 0], [255, 0, 64])
     with pytest.raises(ValueError, match="RGB centroids"):
-        cb.palette_decode(np.zeros((1, 4), np.uint16), np.zeros((2, 8), np.float32), grid=2)
+        palette_decode(np.zeros((1, 4), np.uint16), np.zeros((2, 8), np.float32), grid=2)
 
 
 def test_same_seed_same_codebook_and_tokens():
@@ -202,7 +206,7 @@ def _replace(name, data):
         (_replace("test/features", np.zeros((2, 4, 4, 6), np.float16)), "but test are (4, 4, 6)"),
         (_replace("train/labels", np.zeros(3, np.uint8)), "expected uint8 (4,)"),
         (lambda f: f.attrs.__setitem__("grid", 8), "grid = 8 does not match the feature grid 4 x 4"),
-        (lambda f: f.attrs.__delitem__("encoder"), "'encoder' is missing"),
+        (lambda f: f.attrs.__delitem__("encoder"), "attributes ['encoder'] missing"),
     ],
 )
 def test_malformed_features_name_the_file_and_the_fix(workdir, edit, words):

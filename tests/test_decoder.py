@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_images, requires_real_weights, write_raw
-from safetensors.torch import save_file
 
-from pipeline import cifar10
-from pipeline import decoder_training as dt
-from pipeline.decoder import DecoderConfig, InverseCNN
-from pipeline.errors import PipelineError
-from pipeline.image_metrics import psnr, ssim
+from pipeline.core.checkpoint import NAME as CHECKPOINT
+from pipeline.data import cifar10
+from pipeline.tokenizer import decoder_training as dt, files as token_files
+from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
+from pipeline.core.errors import PipelineError
+from pipeline.evaluation.reconstruction import psnr, ssim
 from pipeline.params import DecoderParams
-from pipeline.token_decoding import TokenDecoder, load_token_decoder, save_cnn_decoder, save_palette_decoder
+from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder, save_cnn_decoder, save_palette_decoder
 
 SMALL = dict(
     channels=8, res_blocks=1, epochs=2, batch_size=8, lr=0.003, warmup_steps=2, weight_decay=0.0,
@@ -41,23 +41,35 @@ def write_inputs(
              [("raw", "h5"), ("features", "h5"), ("codebook", "safetensors"), ("tokens", "h5")]}  # fmt: skip
     data = write_raw(paths["raw"], n_train, n_test)
     y_train, y_test = data.train.labels, data.test.labels
+    fg = feature_grid or grid
     with h5py.File(paths["features"], "w") as f:
+        for split, y in (("train", y_train), ("test", y_test)):
+            f[f"{split}/features"] = rng.normal(size=(len(y), fg, fg, dim)).astype(np.float16)
+            f[f"{split}/labels"] = y
         f.attrs.update(encoder=encoder, layers=["rgb"] if encoder == "pixels" else ["layer1", "layer2", "layer3"],
-                       grid=feature_grid or grid, input_size=32, standardized=True)  # fmt: skip
+                       grid=fg, input_size=32, pool="avg", standardized=True)  # fmt: skip
         f["stats/mean"] = np.full(dim, 0.5, np.float32)
         f["stats/std"] = np.full(dim, 0.25, np.float32)
-    save_file({"centroids": torch.from_numpy(rng.normal(size=(k, dim)).astype(np.float32))}, str(paths["codebook"]))
-    with h5py.File(paths["tokens"], "w") as f:
-        for split, y in (("train", y_train), ("test", y_test)):
-            f[f"{split}/tokens"] = rng.integers(0, k, (len(y), grid * grid)).astype(np.uint16)
-            f[f"{split}/labels"] = rng.permutation(y) if shuffle_labels else y
-        f.attrs.update(k=k, grid_h=grid, grid_w=grid, n_classes=10, classes=list(cifar10.CLASSES),
-                       encoder=encoder, feature_dim=dim)  # fmt: skip
+    centroids = rng.normal(size=(k, dim)).astype(np.float32)
+    token_files.write_codebook(paths["codebook"], centroids, {"k": k})
+    splits = {split: (rng.integers(0, k, (len(y), grid * grid)).astype(np.uint16), rng.permutation(y) if shuffle_labels else y)
+              for split, y in (("train", y_train), ("test", y_test))}  # fmt: skip
+    token_files.write_tokens(paths["tokens"], splits, dict(
+        k=k, grid_h=grid, grid_w=grid, n_classes=10, classes=list(cifar10.CLASSES), encoder=encoder, feature_dim=dim,
+        codebook_sha256=token_files.centroids_sha256(centroids),
+    ))  # fmt: skip
     return paths
 
 
 def load(paths: dict[str, Path]) -> dt.DecoderInputs:
     return dt.load_inputs(paths["tokens"], paths["codebook"], paths["features"], paths["raw"])
+
+
+CODE = "code-v1"  # stands for hashing.code_sha256("decoder")
+
+
+def train(p: DecoderParams, inputs: dt.DecoderInputs, checkpoints: Path, code: str = CODE, **kwargs) -> dt.TrainResult:
+    return dt.train_decoder(p, inputs, checkpoints, torch.device("cpu"), "fp32", code, **kwargs)
 
 
 # --- model ------------------------------------------------------------------------------------------
@@ -112,8 +124,8 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def test_training_is_deterministic_and_learns(tmp_path):
     inputs = load(write_inputs(tmp_path))
-    a = dt.train_decoder(params(), inputs, tmp_path / "ckpt_a")
-    b = dt.train_decoder(params(), inputs, tmp_path / "ckpt_b")
+    a = train(params(), inputs, tmp_path / "ckpt_a")
+    b = train(params(), inputs, tmp_path / "ckpt_b")
     wa, wb = _weights(a.model), _weights(b.model)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [h["epoch"] for h in a.history] == [1, 2]
@@ -123,7 +135,7 @@ def test_training_is_deterministic_and_learns(tmp_path):
 
 def test_learning_rate_follows_warmup_then_cosine(tmp_path, monkeypatch):
     """The lr of every step is p.lr x schedule.lr_at (warm-up, cosine to 0 over all epochs' steps)."""
-    from pipeline.schedule import lr_at
+    from pipeline.core.schedule import lr_at
 
     inputs, p = load(write_inputs(tmp_path)), params()
     seen = []
@@ -134,7 +146,7 @@ def test_learning_rate_follows_warmup_then_cosine(tmp_path, monkeypatch):
         return step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", record)
-    dt.train_decoder(p, inputs, tmp_path / "ckpt")
+    train(p, inputs, tmp_path / "ckpt")
     steps = -(-len(inputs.train_tokens) // p.batch_size) * p.epochs
     assert seen == pytest.approx([p.lr * lr_at(s, steps, p.warmup_steps, 1.0, 0.0) for s in range(steps)], rel=1e-12)
 
@@ -142,7 +154,7 @@ def test_learning_rate_follows_warmup_then_cosine(tmp_path, monkeypatch):
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     inputs = load(write_inputs(tmp_path))
     p = params(epochs=2)
-    full = dt.train_decoder(p, inputs, tmp_path / "full")
+    full = train(p, inputs, tmp_path / "full")
 
     class Killed(Exception):
         pass
@@ -152,22 +164,33 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
             raise Killed  # as if the process died right after the epoch-1 checkpoint was written
 
     with pytest.raises(Killed):
-        dt.train_decoder(p, inputs, tmp_path / "resumed", on_epoch_end=kill_after_first_epoch)
-    saved = torch.load(tmp_path / "resumed" / dt.CHECKPOINT, weights_only=True)
+        train(p, inputs, tmp_path / "resumed", on_epoch_end=kill_after_first_epoch)
+    saved = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)
     assert saved["epoch"] == 1
-    resumed = dt.train_decoder(p, inputs, tmp_path / "resumed")
+    resumed = train(p, inputs, tmp_path / "resumed")
     wf, wr = _weights(full.model), _weights(resumed.model)
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
 
     # A checkpoint made with other params is not resumed: training starts over (same as from scratch).
-    other = dt.train_decoder(params(epochs=1, lr=0.001), inputs, tmp_path / "resumed")
+    other = train(params(epochs=1, lr=0.001), inputs, tmp_path / "resumed")
     assert len(other.history) == 1
+
+
+def test_finished_checkpoint_of_other_code_is_not_reused(tmp_path):
+    """After a change to the training code, a re-run trains again instead of returning the old weights."""
+    inputs, p = load(write_inputs(tmp_path)), params(epochs=2)
+    train(p, inputs, tmp_path / "ckpt", code="code-v1")
+    epochs_run = []
+    train(p, inputs, tmp_path / "ckpt", code="code-v1", on_epoch_end=epochs_run.append)
+    assert epochs_run == []  # same params, inputs and code: the finished run is reused
+    train(p, inputs, tmp_path / "ckpt", code="code-v2", on_epoch_end=epochs_run.append)
+    assert epochs_run == [1, 2]  # other code: every epoch again
 
 
 def test_saved_decoder_round_trip(tmp_path):
     inputs = load(write_inputs(tmp_path))
-    result = dt.train_decoder(params(epochs=1), inputs, tmp_path / "ckpt")
+    result = train(params(epochs=1), inputs, tmp_path / "ckpt")
     save_cnn_decoder(result.model, tmp_path / "decoder", {"encoder": inputs.encoder})
     decoder = load_token_decoder(tmp_path / "decoder")
     assert decoder.kind == "cnn" and decoder.grid == 8
@@ -181,8 +204,8 @@ def test_saved_decoder_round_trip(tmp_path):
 
 @pytest.mark.parametrize("pool, channels", [("avg", 16 + 64), ("unshuffle", 16 * 16 + 64)])
 def test_perceptual_features_match_extract(tmp_path, pool, channels):
-    from pipeline.encoders import build_encoder
-    from pipeline.features import GridSpec, encode_batch
+    from pipeline.features.encoders import build_encoder
+    from pipeline.features.extract import GridSpec, encode_batch
 
     encoder = build_encoder("cifar_resnet20", pretrained=False)
     images, _ = make_images(3)

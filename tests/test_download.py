@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from conftest import REAL_NPZ, make_images, requires_real_cifar, write_npz
-from pipeline import cifar10
-from pipeline.atomic import atomic_path
-from pipeline.cifar10 import DataError
-from pipeline.hashing import sha256_file
+from pipeline.data import cifar10
+from pipeline.core.atomic import atomic_path
+from pipeline.data.cifar10 import DataError
+from pipeline.core.hashing import sha256_file
 
 EXPECT_SMALL = {"train": 60, "test": 20}
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import REAL_NPZ, requires_real_cifar
-from pipeline.classifier import classify
-from pipeline.encoders import ENCODERS, build_encoder, check_layers
-from pipeline.encoders.cifar_resnet import CHECKPOINTS, CifarResNet, load_cifar_resnet
-from pipeline.errors import PipelineError
+from pipeline.evaluation.classifier import classify
+from pipeline.features.encoders import ENCODERS, build_encoder, check_layers
+from pipeline.features.encoders.cifar_resnet import CHECKPOINTS, CifarResNet, load_cifar_resnet
+from pipeline.core.errors import PipelineError
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import make_images, requires_real_weights
-from pipeline import likelihood
-from pipeline.errors import PipelineError
-from pipeline.gpt import training_inputs
-from pipeline.sample_metrics import class_table, feature_distances, resnet_features
-from pipeline.tokens import TokenSplit
+from pipeline.gpt import likelihood
+from pipeline.core.errors import PipelineError
+from pipeline.gpt.model import training_inputs
+from pipeline.evaluation.distribution import class_table, feature_distances, resnet_features
+from pipeline.tokenizer.files import TokenSplit
 from sample_world import K, tiny_gpt, write_world
 from stages.paths import METRICS, PLOTS
 from test_sample import run_sample
@@ -37,7 +37,7 @@ def test_identical_feature_sets_are_at_distance_zero_and_shifted_ones_are_not():
 
 @requires_real_weights
 def test_resnet_distance_of_an_image_set_to_itself_is_zero(torch_home):
-    from pipeline.encoders.cifar_resnet import load_cifar_resnet
+    from pipeline.features.encoders.cifar_resnet import load_cifar_resnet
 
     images, _ = make_images(80)
     resnet, cpu = load_cifar_resnet(20), torch.device("cpu")
@@ -56,11 +56,11 @@ def test_unigram_baselines():
     assert skewed["unigram_train_xent"] > skewed["unigram_test_entropy"]
 
 
-def test_gpt_test_nll_is_the_mean_cross_entropy_per_code():
+def test_mean_nll_is_the_mean_cross_entropy_per_code():
     model = tiny_gpt(True)
     g = torch.Generator().manual_seed(0)
     split = TokenSplit(torch.randint(0, K, (12, 16), generator=g), torch.arange(12) % 10)
-    out = likelihood.gpt_test_nll(model, split, 5, torch.device("cpu"), "fp32")
+    out = likelihood.nll_metrics(likelihood.mean_nll(model, split, 5, torch.device("cpu"), "fp32"), 16)
     with torch.no_grad():
         _, loss, _ = model(training_inputs(split.tokens, model.cfg.prefix(split.labels, 12, "cpu")), split.tokens)
     assert math.isclose(out["test_nll"], loss.item(), rel_tol=1e-5)

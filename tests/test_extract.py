@@ -9,10 +9,10 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import make_images, write_raw
-from pipeline import cifar10
-from pipeline.encoders import build_encoder
-from pipeline.errors import PipelineError
-from pipeline.features import GridSpec, _check_finite, encode_batch, fuse_conv_bn, run_extract
+from pipeline.data import cifar10
+from pipeline.features.encoders import build_encoder
+from pipeline.core.errors import PipelineError
+from pipeline.features.extract import GridSpec, _check_finite, encode_batch, fuse_conv_bn, run_extract
 from pipeline.params import ExtractParams
 
 N_TRAIN, N_TEST = 24, 10

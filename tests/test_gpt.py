@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.gpt import GPT, GPTConfig, inverse_cdf_sample, sample_logits, training_inputs
+from pipeline.gpt.model import GPT, GPTConfig, inverse_cdf_sample, sample_logits, training_inputs
 
 K = 24
 

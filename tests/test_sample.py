@@ -12,10 +12,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline import sampling
-from pipeline.errors import PipelineError
+from pipeline.gpt import sampling
+from pipeline.core.errors import PipelineError
 from pipeline.params import load_params
-from pipeline.token_decoding import load_token_decoder
+from pipeline.tokenizer.decoding import load_token_decoder
 from sample_world import GRID, K, tiny_gpt, write_world
 from stages.paths import DECODER_DIR, PLOTS, SAMPLE_GRID, SAMPLES
 from stages.sample import sample
@@ -85,7 +85,7 @@ def test_grid_has_one_row_per_class_in_order():
     images[:, 0, 0, 0] = np.arange(len(labels)) % 256  # a per-image mark
     rows = sampling.grid_rows(labels, True, 10)
     assert len(rows) == 10 and all(len(r) == sampling.GRID_COLUMNS and (labels[r] == c).all() for c, r in enumerate(rows))
-    grid = sampling.mosaic(images, rows)
+    grid = sampling.mosaic(images, rows, 10)
     step = 32 + sampling.GAP
     assert grid.shape == (10 * step + sampling.GAP, 10 * step + sampling.GAP, 3)
     for r in (0, 4, 9):

@@ -15,28 +15,35 @@ import torch.multiprocessing as mp
 import yaml
 
 from conftest import REPO
-from pipeline import tokens as tok
-from pipeline.errors import PipelineError
-from pipeline.gpt import load_gpt
-from pipeline.gpt_training import DistInfo, TrainPaths, distributed, train
+from pipeline.tokenizer import files as tok
+from pipeline.tokenizer.files import write_tokens as write_token_file
+from pipeline.core.errors import PipelineError
+from pipeline.gpt.model import load_gpt
+from pipeline.gpt import training
+from pipeline.gpt.training import DistInfo, TrainPaths, distributed
 from pipeline.params import TrainParams
-from pipeline.schedule import lr_at
+from pipeline.core.schedule import lr_at
 
 K, GRID = 16, 4
+CODE = "code-v1"  # stands for hashing.code_sha256("train")
+
+
+def train(p, paths, info=DistInfo(), code=CODE, **kwargs):
+    return training.train(p, paths, info, code=code, **kwargs)
 
 
 def write_tokens(path: Path, n_train: int = 64, n_test: int = 32, k: int = K, grid: int = GRID, **attrs) -> Path:
     """A tokens.h5 following the codebook contract, with class-dependent, learnable sequences."""
     rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        for split, n in (("train", n_train), ("test", n_test)):
-            labels = (np.arange(n) % 10).astype(np.uint8)
-            base = (labels[:, None] * 3 + np.arange(grid * grid)[None]) % k
-            noise = rng.integers(0, k, base.shape) * (rng.random(base.shape) < 0.2)
-            f[f"{split}/tokens"] = ((base + noise) % k).astype(np.uint16)
-            f[f"{split}/labels"] = labels
-        f.attrs.update(dict(k=k, grid_h=grid, grid_w=grid, n_classes=10, classes=[f"c{i}" for i in range(10)],
-                            encoder="synthetic", feature_dim=8, **attrs))
+    splits = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        base = (labels[:, None] * 3 + np.arange(grid * grid)[None]) % k
+        noise = rng.integers(0, k, base.shape) * (rng.random(base.shape) < 0.2)
+        splits[split] = ((base + noise) % k).astype(np.uint16), labels
+    write_token_file(path, splits, dict(k=k, grid_h=grid, grid_w=grid, n_classes=10, feature_dim=8,
+                                        classes=[f"c{i}" for i in range(10)], encoder="synthetic",
+                                        codebook_sha256="synthetic-codebook") | attrs)  # fmt: skip
     return path
 
 
@@ -160,19 +167,37 @@ def test_model_from_other_tokens_is_rejected(tmp_path, tokens_h5):
         tok.check_compatible(load_gpt(paths.model_dir).cfg, other, "gpt", "other.h5")
 
 
+def test_finished_checkpoint_of_other_code_is_not_reused(tmp_path, tokens_h5):
+    """After a change to the training code, a re-run trains again instead of returning the old weights."""
+    p, paths = tiny_params(epochs=2), paths_in(tmp_path, tokens_h5)
+    train(p, paths, code="code-v1")
+    epochs_run = []
+    train(p, paths, code="code-v1", on_epoch_end=epochs_run.append)
+    assert epochs_run == []  # same params, tokens and code: the finished run is reused
+    train(p, paths, code="code-v2", on_epoch_end=epochs_run.append)
+    assert epochs_run == [1, 2]  # other code: every epoch again
+
+
+def test_finished_run_rerun_writes_every_declared_output(tmp_path, tokens_h5):
+    """Resumed at its last epoch, the stage still writes model, metrics and plots (DVC needs all)."""
+    p, paths = tiny_params(epochs=2), paths_in(tmp_path, tokens_h5)
+    train(p, paths)
+    outputs = [paths.model_dir / "model.safetensors", paths.metrics, paths.plots / "train_loss.csv",
+               paths.plots / "train_loss.png"]  # fmt: skip
+    first = {o: o.read_bytes() for o in outputs if o != paths.metrics}
+    for o in outputs:
+        o.unlink()
+    train(p, paths)
+    assert all(o.is_file() for o in outputs)
+    assert all(first[o] == o.read_bytes() for o in first)  # the same model and curves as before
+
+
 def test_schedule_warms_up_then_decays_to_min_lr():
     p = tiny_params(lr=1e-3, min_lr=1e-4, warmup_steps=10)
     lrs = [lr_at(s, 100, p.warmup_steps, p.lr, p.min_lr) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lr_at(100, 100, p.warmup_steps, p.lr, p.min_lr) == pytest.approx(1e-4)
-
-
-def test_eta_is_logged_from_the_first_batches(tmp_path, caplog):
-    caplog.set_level("INFO")
-    tokens = write_tokens(tmp_path / "tokens.h5", n_train=128)
-    train(tiny_params(epochs=1, batch_size=16), paths_in(tmp_path, tokens))
-    assert "ETA:" in caplog.text and "remaining" in caplog.text
 
 
 def test_compiled_bf16_training_saves_plain_weights_close_to_eager(tmp_path, tokens_h5):

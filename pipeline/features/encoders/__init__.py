@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.hashing import sha256_file
-from pipeline.encoders import cifar_resnet
-from pipeline.errors import PipelineError
+from pipeline.core.hashing import sha256_file
+from pipeline.features.encoders import cifar_resnet
+from pipeline.core.errors import PipelineError
 
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET = (cifar_resnet.IMAGENET_MEAN, cifar_resnet.IMAGENET_STD)
 
 
 class Encoder(nn.Module):
@@ -62,12 +62,6 @@ class Encoder(nn.Module):
         return {name: out[name] for name in layers}
 
 
-@dataclass(frozen=True)
-class EncoderSpec:
-    build: Callable[[bool], Encoder]  # pretrained -> Encoder
-    native_size: int  # the input size the weights were trained at (a hint in messages)
-
-
 def check_layers(encoder: Encoder, layers: Sequence[str]) -> list[str]:
     """Validate `extract.layers` against what `encoder` offers."""
     layers = list(layers)
@@ -91,7 +85,7 @@ def _cifar_resnet(depth: int) -> Callable[[bool], Encoder]:
             f"cifar_resnet{depth}",
             model.named_stages(),
             *IMAGENET,
-            normalization="imagenet mean/std: (x - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)",
+            normalization=f"imagenet mean/std: (x - {IMAGENET[0]}) / {IMAGENET[1]}",
             weights_sha256=cifar_resnet.weights_sha256(depth) if pretrained else "random-init",
         )
 
@@ -190,13 +184,13 @@ def _pixels(pretrained: bool) -> Encoder:
                    normalization="none: RGB in [0, 1]", weights_sha256="none")
 
 
-ENCODERS: dict[str, EncoderSpec] = {
-    **{f"cifar_resnet{d}": EncoderSpec(_cifar_resnet(d), 32) for d in sorted(cifar_resnet.CHECKPOINTS)},
-    "resnet18": EncoderSpec(_torchvision("resnet18", "ResNet18_Weights", _resnet_pieces), 224),
-    "resnet50": EncoderSpec(_torchvision("resnet50", "ResNet50_Weights", _resnet_pieces), 224),
-    "vgg16_bn": EncoderSpec(_torchvision("vgg16_bn", "VGG16_BN_Weights", _vgg_pieces), 224),
-    "efficientnet_lite0": EncoderSpec(_efficientnet_lite0, 224),
-    "pixels": EncoderSpec(_pixels, 32),
+ENCODERS: dict[str, Callable[[bool], Encoder]] = {  # name -> build(pretrained)
+    **{f"cifar_resnet{d}": _cifar_resnet(d) for d in sorted(cifar_resnet.CHECKPOINTS)},
+    "resnet18": _torchvision("resnet18", "ResNet18_Weights", _resnet_pieces),
+    "resnet50": _torchvision("resnet50", "ResNet50_Weights", _resnet_pieces),
+    "vgg16_bn": _torchvision("vgg16_bn", "VGG16_BN_Weights", _vgg_pieces),
+    "efficientnet_lite0": _efficientnet_lite0,
+    "pixels": _pixels,
 }
 
 
@@ -204,7 +198,7 @@ def build_encoder(name: str, pretrained: bool = True) -> Encoder:
     """The frozen encoder registered as `name` (random weights when `pretrained` is False: tests)."""
     if name not in ENCODERS:
         raise PipelineError(f"extract.encoder = {name!r}: unknown encoder; choose one of {sorted(ENCODERS)}")
-    return ENCODERS[name].build(pretrained)
+    return ENCODERS[name](pretrained)
 
 
 def default_layers(encoder: Encoder, layers: Sequence[str]) -> list[str]:

@@ -14,31 +14,19 @@ order can change, which may flip near-tie assignments.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
-# FAISS's OpenMP threads (and its OpenMP OpenBLAS) spin while waiting by default; on a shared, busy
-# 2-core machine that made k-means 3-5x slower (10.0 s vs 2.2 s passive, 200k x 64 -> 512, 5 iterations).
-# libgomp reads this once, when it is first loaded: it works here only if nothing (torch!) loaded it
-# before, so the CLI (stages/__init__.py) sets it first too. A user's setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import faiss
+import numpy as np
+from matplotlib.figure import Figure
+from tqdm import tqdm
 
-import faiss  # noqa: E402
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-from safetensors.numpy import load_file, save_file  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from pipeline.atomic import atomic_path  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")
-FEATURE_DTYPES = (np.float16, np.float32)
 # Vectors per FAISS search call when assigning: ~16 MiB of float32 at 64 dims, large enough for BLAS.
 ASSIGN_BATCH_VECTORS = 65_536
 
@@ -208,103 +196,24 @@ def perplexity(counts: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-def palette_decode(
-    tokens: np.ndarray,
-    centroids: np.ndarray,
-    grid: int,
-    mean: np.ndarray | None = None,
-    std: np.ndarray | None = None,
-) -> np.ndarray:
-    """Pixel-palette decoder: tokens (N, grid*grid) -> uint8 RGB images (N, grid, grid, 3).
+def usage_figure(
+    values: np.ndarray, title: str, xlabel: str, ylabel: str, log_y: bool = True, reference: str | None = None
+) -> Figure:
+    """Values sorted descending against their rank, e.g. how often each code is used.
 
-    For extract.encoder = pixels the centroids are colours in [0, 1] (standardised ones when the
-    features were: pass stats/mean and stats/std from features.h5 to undo it).
+    `reference` labels a dashed line at the mean value (e.g. "uniform usage").
     """
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 2 or tokens.shape[1] != grid * grid:
-        raise ValueError(f"tokens must be (N, {grid * grid}) for grid {grid}, got {tokens.shape}")
-    if centroids.ndim != 2 or centroids.shape[1] != 3:
-        raise ValueError(f"palette decoding needs RGB centroids (K, 3), got {centroids.shape}")
-    colours = centroids.astype(np.float32)
-    if std is not None:
-        colours = colours * np.asarray(std, dtype=np.float32)
-    if mean is not None:
-        colours = colours + np.asarray(mean, dtype=np.float32)
-    palette = np.clip(np.rint(colours * 255.0), 0, 255).astype(np.uint8)
-    return palette[tokens].reshape(len(tokens), grid, grid, 3)
-
-
-# ---- artifacts: features.h5 in, codebook.safetensors and tokens.h5 out (contracts in the README) ----
-
-
-@dataclass(frozen=True)
-class FeatureLayout:
-    encoder: str
-    grid_h: int
-    grid_w: int
-    dim: int
-    counts: dict[str, int]  # images per split
-
-
-def check_features(f: h5py.File, path: str | Path) -> FeatureLayout:
-    """Validate an open features.h5 against the contract; a mismatch names the file and the fix."""
-    fix = "re-run the extract stage (`dvc repro extract`) to rewrite it"
-
-    def bad(problem: str) -> PipelineError:
-        return PipelineError(f"{path}: {problem}; {fix}")
-
-    shapes = {}
-    for split in SPLITS:
-        for name in ("features", "labels"):
-            if f"{split}/{name}" not in f:
-                raise bad(f"missing dataset {split}/{name} (expected train/ and test/ features and labels)")
-        feats, labels = f[f"{split}/features"], f[f"{split}/labels"]
-        if feats.ndim != 4 or feats.shape[0] == 0:
-            raise bad(f"{split}/features has shape {feats.shape}, expected a non-empty (N, H, W, C) grid")
-        if feats.dtype not in FEATURE_DTYPES:
-            raise bad(f"{split}/features has dtype {feats.dtype}, expected float16 (or float32)")
-        if labels.shape != feats.shape[:1] or labels.dtype != np.uint8:
-            raise bad(f"{split}/labels is {labels.dtype} {labels.shape}, expected uint8 ({feats.shape[0]},)")
-        shapes[split] = feats.shape
-    if shapes["train"][1:] != shapes["test"][1:]:
-        raise bad(f"train features are (H, W, C) = {shapes['train'][1:]} but test are {shapes['test'][1:]}")
-    _, h, w, c = shapes["train"]
-    if "encoder" not in f.attrs:
-        raise bad("attribute 'encoder' is missing")
-    grid = f.attrs.get("grid")
-    if grid is None or not (int(grid) == h == w):
-        raise bad(f"attribute grid = {grid} does not match the feature grid {h} x {w}")
-    return FeatureLayout(str(f.attrs["encoder"]), h, w, c, {s: shapes[s][0] for s in SPLITS})
-
-
-def write_codebook(path: str | Path, centroids: np.ndarray, metadata: dict) -> None:
-    """safetensors with tensor `centroids` float32 (K, C); metadata values are stored as strings."""
-    with atomic_path(path) as tmp:
-        save_file(
-            {"centroids": np.ascontiguousarray(centroids, dtype=np.float32)},
-            str(tmp),
-            metadata={key: str(value) for key, value in metadata.items()},
-        )
-        tmp.chmod(0o644)  # safetensors creates the file owner-only; make it readable like every other artifact
-
-
-def load_codebook(path: str | Path) -> np.ndarray:
-    """The centroids float32 (K, C) of a codebook.safetensors."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: codebook not found; run the codebook stage (dvc repro codebook)")
-    tensors = load_file(str(path))
-    if "centroids" not in tensors or tensors["centroids"].ndim != 2:
-        raise PipelineError(f"{path}: expected a tensor 'centroids' (K, C); re-run the codebook stage")
-    return tensors["centroids"]
-
-
-def write_tokens(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], attrs: dict) -> None:
-    """tokens.h5: <split>/tokens uint16 (N, H*W) raster order and <split>/labels uint8, plus attrs."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        for split, (tokens, labels) in splits.items():
-            g = f.create_group(split)
-            g.create_dataset("tokens", data=tokens.astype(np.uint16), chunks=(min(len(tokens), 1024), tokens.shape[1]))
-            g.create_dataset("labels", data=labels.astype(np.uint8))
-        for key, value in attrs.items():
-            f.attrs[key] = value
+    values = np.sort(np.asarray(values))[::-1]
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    shown = values[values > 0] if log_y else values  # zeros (e.g. dead codes) have no place on a log axis
+    ax.plot(np.arange(len(shown)), shown, lw=1.2)
+    ax.set_xlim(0, max(len(values) - 1, 1))
+    if reference:
+        ax.axhline(values.mean(), color="grey", ls="--", lw=1, label=reference)
+        ax.legend()
+    if log_y:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(True, alpha=0.3)
+    return fig

@@ -1,11 +1,18 @@
-"""Read and validate tokens.h5 (the codebook stage's output) for the GPT stages.
+"""The codebook stage's outputs, tokens.h5 and codebook.safetensors: their contracts, writers and readers.
 
-Contract: `train/tokens` uint16 (N, H*W) raster order, `train/labels` uint8 (N,), same under
-`test/`; attrs `k`, `grid_h`, `grid_w`, `n_classes`, `classes`, `encoder`, `feature_dim`.
+tokens.h5: `train/tokens` uint16 (N, H*W) raster order, `train/labels` uint8 (N,), same under `test/`;
+attrs `k`, `grid_h`, `grid_w`, `n_classes`, `classes`, `encoder`, `feature_dim`, `codebook_sha256`.
+codebook.safetensors: tensor `centroids` float32 (K, C) in the (standardised) feature space; metadata
+`codebook`: a JSON object saying how it was made.
+
+`codebook_sha256` (of the centroids' values, see `centroids_sha256`) is carried by everything made from
+a codebook (tokens, decoder, GPT), so artifacts from different codebooks are never silently combined.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +20,12 @@ import h5py
 import numpy as np
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import open_h5, read_tensors, rerun
+from pipeline.core.atomic import atomic_path
+from pipeline.core.errors import PipelineError
 
-REQUIRED_ATTRS = ("k", "grid_h", "grid_w", "n_classes", "classes", "encoder", "feature_dim")
-FIX = "re-run the codebook stage (dvc repro codebook)"
+REQUIRED_ATTRS = ("k", "grid_h", "grid_w", "n_classes", "classes", "encoder", "feature_dim", "codebook_sha256")
+FIX = rerun("codebook")
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,7 @@ class TokenMeta:
     classes: tuple[str, ...]
     encoder: str
     feature_dim: int
+    codebook_sha256: str
 
     @property
     def seq_len(self) -> int:
@@ -40,18 +50,9 @@ class TokenSplit:
     labels: torch.Tensor  # int64 (N,)
 
 
-def _open(path: Path) -> h5py.File:
-    if not path.is_file():
-        raise PipelineError(f"{path}: token file not found; {FIX}")
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise PipelineError(f"{path}: not a readable HDF5 file ({e}); {FIX}") from None
-
-
 def read_meta(path: str | Path) -> TokenMeta:
     path = Path(path)
-    with _open(path) as f:
+    with open_h5(path, "codebook", "token file") as f:
         missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
         if missing:
             raise PipelineError(f"{path}: attrs {missing} missing; {FIX}")
@@ -59,7 +60,7 @@ def read_meta(path: str | Path) -> TokenMeta:
         classes = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in np.atleast_1d(a["classes"]))
         meta = TokenMeta(
             int(a["k"]), int(a["grid_h"]), int(a["grid_w"]), int(a["n_classes"]), classes, str(a["encoder"]),
-            int(a["feature_dim"]),
+            int(a["feature_dim"]), str(a["codebook_sha256"]),
         )
     if min(meta.k, meta.grid_h, meta.grid_w, meta.n_classes) < 1:
         raise PipelineError(f"{path}: attrs k/grid_h/grid_w/n_classes must be >= 1, got {meta}; {FIX}")
@@ -70,7 +71,7 @@ def read_split(path: str | Path, split: str, meta: TokenMeta | None = None) -> T
     """Load one split fully (50,000 x 64 tokens is 25 MB as int64) and check it against the attrs."""
     path = Path(path)
     meta = meta or read_meta(path)
-    with _open(path) as f:
+    with open_h5(path, "codebook", "token file") as f:
         if f"{split}/tokens" not in f or f"{split}/labels" not in f:
             raise PipelineError(f"{path}: datasets {split}/tokens and {split}/labels required; {FIX}")
         tokens, labels = f[f"{split}/tokens"][()], f[f"{split}/labels"][()]
@@ -110,3 +111,54 @@ def check_compatible(cfg, meta: TokenMeta, model_source: str, tokens_source: str
             f"{model_source} does not match {tokens_source} ({diff}); the tokens changed since the model "
             "was trained: re-run the train stage (dvc repro train)"
         )
+
+
+def check_same_codebook(made_from: dict[str, str], tokens_source: str, meta: TokenMeta) -> None:
+    """Every artifact in `made_from` (source -> its recorded codebook_sha256) must come from the codebook
+    of the token file: otherwise its codes mean other things."""
+    for source, sha in made_from.items():
+        if sha != meta.codebook_sha256:
+            raise PipelineError(
+                f"{source} was made from codebook {str(sha)[:12]}, but {tokens_source} from codebook "
+                f"{meta.codebook_sha256[:12]}: they come from different codebook runs; re-run what depends "
+                "on the codebook (dvc repro)"
+            )
+
+
+# ---- codebook.safetensors ----
+
+
+def centroids_sha256(centroids: np.ndarray) -> str:
+    """sha256 of the centroids' float32 values (C order) and shape: the codebook's identity."""
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    return hashlib.sha256(f"{c.shape}".encode() + c.tobytes()).hexdigest()
+
+
+def write_codebook(path: str | Path, centroids: np.ndarray, metadata: dict) -> None:
+    """codebook.safetensors. The metadata is one sorted JSON string: safetensors writes a metadata
+    mapping in a per-process hash order, which would change the file's bytes from run to run."""
+    from safetensors.torch import save_file
+
+    tensor = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
+    with atomic_path(path) as tmp:
+        save_file({"centroids": tensor}, str(tmp), metadata={"codebook": json.dumps(metadata, sort_keys=True)})
+        tmp.chmod(0o644)  # safetensors creates files owner-only
+
+
+def load_codebook(path: str | Path) -> np.ndarray:
+    """The centroids float32 (K, C) of a codebook.safetensors."""
+    tensors = read_tensors(path, "codebook", "codebook")
+    if "centroids" not in tensors or tensors["centroids"].ndim != 2:
+        raise PipelineError(f"{path}: expected a tensor 'centroids' (K, C); {FIX}")
+    return tensors["centroids"].numpy()
+
+
+def write_tokens(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], attrs: dict) -> None:
+    """tokens.h5: <split>/tokens uint16 (N, H*W) raster order and <split>/labels uint8, plus attrs."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for split, (tokens, labels) in splits.items():
+            g = f.create_group(split)
+            g.create_dataset("tokens", data=tokens.astype(np.uint16), chunks=(min(len(tokens), 1024), tokens.shape[1]))
+            g.create_dataset("labels", data=labels.astype(np.uint8))
+        for key, value in attrs.items():
+            f.attrs[key] = value

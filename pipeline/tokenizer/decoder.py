@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 IMAGE_SIZE = 32
 MIN_WIDTH = 32  # the upsampling path never narrows below min(this, channels)

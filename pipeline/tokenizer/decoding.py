@@ -9,23 +9,19 @@ A decoder folder (`data/models/decoder`) holds `config.json` and `model.safetens
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from pipeline.atomic import atomic_path
-from pipeline.codebook import palette_decode
-from pipeline.decoder import DecoderConfig, InverseCNN
-from pipeline.errors import PipelineError
-from pipeline.image_metrics import to_uint8
-from pipeline.runtime import autocast
+from pipeline.core.artifacts import damaged, read_model_folder, write_model_folder
+from pipeline.core.errors import PipelineError
+from pipeline.core.images import to_uint8
+from pipeline.core.runtime import autocast
+from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
+from pipeline.tokenizer.palette import palette_decode
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
 PALETTE_GRID = 32
 
 
@@ -62,35 +58,26 @@ class TokenDecoder:
 
 
 def save_cnn_decoder(model: InverseCNN, folder: str | Path, extra: dict | None = None) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _write(folder, {**model.config.to_dict(), **(extra or {})}, state)
+    write_model_folder(folder, {**model.config.to_dict(), **(extra or {})}, model.state_dict())
 
 
 def save_palette_decoder(palette: torch.Tensor, folder: str | Path, extra: dict | None = None) -> None:
-    palette = palette.detach().float().cpu().contiguous()
+    palette = palette.detach().float()
     if palette.ndim != 2 or palette.shape[1] != 3:
         raise PipelineError(f"a palette decoder needs (K, 3) RGB centroids, got {tuple(palette.shape)}")
     config = {"kind": "palette", "grid": PALETTE_GRID, "k": int(palette.shape[0]), **(extra or {})}
-    _write(folder, config, {"palette": palette})
-
-
-def _write(folder: str | Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
-    with atomic_path(folder) as tmp:
-        tmp.mkdir()
-        save_file(tensors, str(tmp / WEIGHTS))
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_model_folder(folder, config, {"palette": palette})
 
 
 def load_token_decoder(folder: str | Path) -> TokenDecoder:
-    folder = Path(folder)
-    if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
-        raise PipelineError(f"{folder}: no decoder ({CONFIG} + {WEIGHTS}); run the decoder stage (dvc repro decoder)")
-    config = json.loads((folder / CONFIG).read_text())
-    tensors = load_file(str(folder / WEIGHTS))
-    if config.get("kind") == "palette":
-        return TokenDecoder("palette", int(config["grid"]), int(config["k"]), palette=tensors["palette"])
-    if config.get("kind") == "cnn":
-        model = InverseCNN(DecoderConfig.from_dict(config))
-        model.load_state_dict(tensors)
-        return TokenDecoder("cnn", model.config.grid, model.config.k, model=model.eval())
-    raise PipelineError(f"{folder / CONFIG}: unknown decoder kind {config.get('kind')!r} (expected 'cnn' or 'palette')")
+    config, tensors = read_model_folder(folder, "decoder")
+    try:
+        if config.get("kind") == "palette":
+            return TokenDecoder("palette", int(config["grid"]), int(config["k"]), palette=tensors["palette"])
+        if config.get("kind") == "cnn":
+            model = InverseCNN(DecoderConfig.from_dict(config))
+            model.load_state_dict(tensors)
+            return TokenDecoder("cnn", model.config.grid, model.config.k, model=model.eval())
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise damaged(folder, "decoder", f"config and weights do not describe one decoder: {e}") from None
+    raise damaged(folder, "decoder", f"unknown decoder kind {config.get('kind')!r} (expected 'cnn' or 'palette')")

@@ -11,7 +11,6 @@ a null-class token K+n. Sampling never emits a special token.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,11 +18,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from torch import nn
 
-from pipeline.atomic import atomic_path
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import damaged, read_model_folder, write_model_folder
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -301,23 +298,22 @@ def training_inputs(tokens: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
     return torch.cat([prefix[:, None], tokens[:, :-1]], 1)
 
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+TIED = "head.weight"  # the same tensor as wte.weight: stored once
 
 
 def save_gpt(model: GPT, out_dir: str | Path, extra: dict | None = None) -> None:
-    """Write model.safetensors + config.json as one directory, atomically."""
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        save_model(model, str(tmp / WEIGHTS_FILE))  # handles the tied embedding
-        (tmp / CONFIG_FILE).write_text(json.dumps({"model": asdict(model.cfg), **(extra or {})}, indent=2) + "\n")
+    """The model folder: config.json ({"model": GPTConfig, **extra}) + model.safetensors, atomically."""
+    tensors = {k: v for k, v in model.state_dict().items() if k != TIED}
+    write_model_folder(out_dir, {"model": asdict(model.cfg), **(extra or {})}, tensors)
 
 
 def load_gpt(model_dir: str | Path, device: str | torch.device = "cpu") -> GPT:
-    model_dir = Path(model_dir)
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (model_dir / name).is_file():
-            raise PipelineError(f"{model_dir / name}: missing; run the train stage (dvc repro train)")
-    cfg = GPTConfig(**json.loads((model_dir / CONFIG_FILE).read_text())["model"])
-    model = GPT(cfg)
-    load_model(model, str(model_dir / WEIGHTS_FILE), device=str(device))
+    config, tensors = read_model_folder(model_dir, "train")
+    try:
+        model = GPT(GPTConfig(**config["model"]))
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise damaged(model_dir, "train", f"config and weights do not describe one GPT: {e}") from None
+    if unexpected or set(missing) != {TIED}:
+        raise damaged(model_dir, "train", f"weights missing {sorted(set(missing) - {TIED})}, unexpected {unexpected}")
     return model.to(device).eval()

@@ -1,11 +1,4 @@
-"""Encoder feature grids for whole data sets, streamed to features.h5.
-
-Layout (the contract read by the codebook stage):
-    train/features  float16 (N, grid, grid, C), chunked    train/labels uint8 (N,)
-    test/features, test/labels                             the same
-    stats/mean, stats/std  float32 (C,)                    only when standardized (fitted on train)
-    attrs: encoder, layers, grid, input_size, standardized, weights_sha256, normalization, and how the
-           numbers were computed (precision, device type, conv-bn fusion, channels, torch version)
+"""Encoder feature grids for whole data sets, streamed to features.h5 (contract: features/files.py).
 
 Each requested layer is average-pooled (or bilinearly resized, when smaller) to grid x grid and the
 layers are concatenated on channels in the order given. With standardisation the stored features are
@@ -31,13 +24,14 @@ import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse
 from tqdm import tqdm
 
-from pipeline import cifar10
-from pipeline.atomic import atomic_path
-from pipeline.classifier import to_float_nchw
-from pipeline.encoders import Encoder, build_encoder, check_layers, default_layers
-from pipeline.errors import PipelineError
+from pipeline.data import cifar10
+from pipeline.core.atomic import atomic_path
+from pipeline.core.images import to_float_nchw
+from pipeline.features.encoders import Encoder, build_encoder, check_layers, default_layers
+from pipeline.core.errors import PipelineError
 from pipeline.params import ExtractParams
-from pipeline.runtime import autocast, resolve_device
+from pipeline.core.progress import Eta
+from pipeline.core.runtime import autocast, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +192,7 @@ def _check_finite(feats: torch.Tensor, split: str) -> None:
 
 
 def write_features(target: str | Path, encoder: Encoder, splits: dict, spec: GridSpec, *, batch_size: int,
-                   device: torch.device, precision: str, standardize: bool, channels_last: bool,
-                   fuse_bn: bool = True) -> dict:
+                   device: torch.device, precision: str, standardize: bool, channels_last: bool) -> dict:
     """Encode every split (dict name -> cifar10.Split) into `target` atomically; return a summary."""
     if standardize and "train" not in splits:
         raise PipelineError("extract.standardize needs a train split to fit the statistics on")
@@ -208,10 +201,11 @@ def write_features(target: str | Path, encoder: Encoder, splits: dict, spec: Gri
             raise PipelineError(f"the raw data's {split} split is empty; re-run the download stage")
     order = sorted(splits, key=lambda s: s != "train")  # train first: its stats standardise the rest
     run = _SplitRun(
-        encoder=prepare_encoder(encoder, device, channels_last) if fuse_bn else encoder.to(device),
+        encoder=prepare_encoder(encoder, device, channels_last),
         spec=spec, batch_size=batch_size, device=device, precision=precision, channels_last=channels_last,
         total=sum(len(splits[s].images) for s in order),
     )
+    run.eta = Eta("extract", run.total, "images", warmup=1, measure=2)
     with atomic_path(target) as tmp, h5py.File(tmp, "w", rdcc_nbytes=64 << 20) as f:
         with tqdm(total=run.total, unit="img", desc=f"extract {encoder.name}", mininterval=2) as run.bar:
             for split in order:
@@ -225,7 +219,7 @@ def write_features(target: str | Path, encoder: Encoder, splits: dict, spec: Gri
                     f.create_dataset("stats/mean", data=mean)
                     f.create_dataset("stats/std", data=std)
         channels = int(f[f"{order[0]}/features"].shape[-1])
-        f.attrs.update(_attrs(encoder, spec, standardize, precision, device, channels_last, fuse_bn, channels))
+        f.attrs.update(_attrs(encoder, spec, standardize, precision, device, channels_last, channels))
     seconds = time.perf_counter() - run.t0
     return {"channels": channels, "images": run.total, "seconds": seconds, "images_per_s": run.total / seconds}
 
@@ -244,9 +238,8 @@ class _SplitRun:
     bar: tqdm | None = None
     stats: RunningStats | None = None
     norm: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, std) on device once fitted
-    batches: int = 0
     t0: float = field(default_factory=time.perf_counter)
-    _warm: tuple[float, int] = (0.0, 0)  # time and images done after the first batch
+    eta: Eta | None = None
 
     def encode_split(self, f: h5py.File, split: str, images: np.ndarray, fit_stats: bool) -> h5py.Dataset:
         """Stream `images`' features into `split/features` (standardised when stats are fitted already)."""
@@ -266,7 +259,7 @@ class _SplitRun:
                 elif self.norm is not None:
                     feats = (feats - self.norm[0]) / self.norm[1]
                 writer.write(dset, i * self.batch_size, feats.half().cpu().numpy())
-                self._progress()
+                self.eta.update(len(feats))
         finally:
             writer.close()
         return dset
@@ -276,21 +269,9 @@ class _SplitRun:
         self.norm = (torch.from_numpy(mean).to(self.device), torch.from_numpy(std).to(self.device))
         return mean, std
 
-    def _progress(self) -> None:
-        # Say up front what the whole run will cost (CPU runs of GPU-sized settings are long). The
-        # rate is taken over batches 2-3: the first one pays for kernel selection and warm-up.
-        self.batches += 1
-        now = time.perf_counter()
-        if self.batches == 1:
-            self._warm = (now, self.bar.n)
-        elif self.batches == 3 and self.bar.n < self.total:
-            rate = (self.bar.n - self._warm[1]) / (now - self._warm[0])
-            eta = now - self.t0 + (self.total - self.bar.n) / rate
-            log.info("extract: %.0f images/s; about %.0f s for all %d images", rate, eta, self.total)
-
 
 def _attrs(encoder: Encoder, spec: GridSpec, standardize: bool, precision: str, device: torch.device,
-           channels_last: bool, fuse_bn: bool, channels: int) -> dict:
+           channels_last: bool, channels: int) -> dict:
     return {
         "encoder": encoder.name,
         "layers": np.array(spec.layers, dtype=h5py.string_dtype()),
@@ -305,7 +286,7 @@ def _attrs(encoder: Encoder, spec: GridSpec, standardize: bool, precision: str, 
         "precision": precision,
         "device_type": device.type,
         "channels_last": channels_last,
-        "fused_conv_bn": fuse_bn,
+        "fused_conv_bn": True,
         "torch_version": str(torch.__version__),  # a str subclass h5py cannot store as is
     }
 

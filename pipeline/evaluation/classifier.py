@@ -1,15 +1,24 @@
-"""Batched CIFAR-10 classification of uint8 images with a model that takes float RGB in [0, 1]."""
+"""The evaluator network, chosen here and nowhere else, and batched classification of uint8 images.
+
+The evaluator scores every image set of the pipeline (accuracy on reconstructions, class agreement and
+Fréchet distances of samples). It is a pre-trained CIFAR ResNet that takes float RGB in [0, 1].
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from pipeline.core.images import to_float_nchw
+from pipeline.features.encoders.cifar_resnet import CifarResNet, load_cifar_resnet
 
-def to_float_nchw(images_uint8_nhwc: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW in [0, 1] on `device` (the transfer stays uint8: 4x fewer bytes)."""
-    x = torch.as_tensor(images_uint8_nhwc).to(device, non_blocking=True)
-    return x.permute(0, 3, 1, 2).float().div_(255.0)
+EVALUATOR_DEPTH = 20
+EVALUATOR_NAME = f"resnet{EVALUATOR_DEPTH}"  # in metric names: fid_resnet20, ...
+
+
+def load_evaluator() -> CifarResNet:
+    return load_cifar_resnet(EVALUATOR_DEPTH)
+
 
 
 @torch.inference_mode()

@@ -18,9 +18,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.atomic import atomic_path
-from pipeline.errors import PipelineError
-from pipeline.hashing import sha256_file
+from pipeline.core.atomic import atomic_path
+from pipeline.core.errors import PipelineError
+from pipeline.core.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,3 @@ def read_split(path: str | Path, split: str) -> Split:
         if split not in f:
             raise DataError(f"{path}: has no '{split}' group; re-run the download stage")
         return Split(f[split]["images"][:], f[split]["labels"][:])
-
-
-def read_classes(path: str | Path) -> tuple[str, ...]:
-    with h5py.File(path, "r") as f:
-        return tuple(str(c) for c in f.attrs["classes"])

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.classifier import classify
-from pipeline.errors import PipelineError
+from pipeline.evaluation.classifier import EVALUATOR_NAME, classify, load_evaluator
+from pipeline.core.errors import PipelineError
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # the file torch-fidelity fetches
 
@@ -105,14 +105,12 @@ def sample_quality(
     sample_labels: np.ndarray | None,
     test_images: np.ndarray,
     references: dict[str, np.ndarray],
-    resnet: nn.Module,
     *,
     n: int,
     batch_size: int,
     kid_subset_size: int,
     device: torch.device,
     seed: int,
-    depth: int = 20,
 ) -> tuple[dict, list[dict]]:
     """Distances of n samples (a seeded subset) to the test set, of n images of each reference set
     (e.g. test reconstructions, train images) for scale, class agreement of conditional samples, and
@@ -125,7 +123,7 @@ def sample_quality(
             f"to at least {-(-n // 10)} (10 classes) or lower evaluate.n_samples"
         )
     rng = np.random.default_rng(seed)
-    name = f"resnet{depth}"
+    resnet, name = load_evaluator(), EVALUATOR_NAME
     test_f = resnet_features(test_images, resnet, batch_size, device)
 
     def distances(images: np.ndarray) -> dict[str, float]:

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from pipeline.classifier import classify, to_float_nchw
-from pipeline.encoders.cifar_resnet import load_cifar_resnet
-from pipeline.errors import PipelineError
+from pipeline.core.images import to_float_nchw
+from pipeline.evaluation.classifier import classify, load_evaluator
+from pipeline.core.errors import PipelineError
 
 METRIC_BATCH = 1000
 
@@ -27,11 +27,6 @@ def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
 
 def to_float(images: np.ndarray) -> torch.Tensor:
     return to_float_nchw(np.ascontiguousarray(images), torch.device("cpu"))
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float (N, 3, H, W) in [0, 1] -> uint8 (N, H, W, 3), rounded."""
-    return images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def psnr(originals: np.ndarray, reconstructions: np.ndarray) -> float:
@@ -57,11 +52,11 @@ def ssim(originals: np.ndarray, reconstructions: np.ndarray) -> float:
 def classifier_accuracy(
     originals: np.ndarray, reconstructions: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device
 ) -> dict[str, float]:
-    """Pre-trained CIFAR ResNet-20 top-1 accuracy on originals and on reconstructions, and how
+    """The evaluator's top-1 accuracy on originals and on reconstructions, and how
     often its prediction on a reconstruction equals its prediction on the original."""
 
     _check_pair(originals, reconstructions)
-    model = load_cifar_resnet(20).to(device)
+    model = load_evaluator().to(device)
     pred_orig = classify(model, originals, batch_size, device)
     pred_rec = classify(model, reconstructions, batch_size, device)
     return {

@@ -19,11 +19,12 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path
-from pipeline.errors import PipelineError
-from pipeline.gpt import GPT, GPTConfig
+from pipeline.core.atomic import atomic_path
+from pipeline.core.images import tile_rows
+from pipeline.core.errors import PipelineError
+from pipeline.gpt.model import GPT, GPTConfig
 from pipeline.params import SampleParams
-from pipeline.token_decoding import TokenDecoder
+from pipeline.tokenizer.decoding import TokenDecoder
 
 log = logging.getLogger(__name__)
 
@@ -125,23 +126,16 @@ def grid_rows(labels: np.ndarray, conditional: bool, n_rows: int, columns: int =
     return [r for r in np.array_split(idx, n_rows) if len(r)]
 
 
-def mosaic(images: np.ndarray, rows: list[np.ndarray]) -> np.ndarray:
-    """uint8 image of the given rows of tiles (as wide as the longest row), GAP white pixels around every tile."""
-    h, w = images.shape[1:3]
-    columns = max((len(r) for r in rows), default=0)
-    out = np.full((len(rows) * (h + GAP) + GAP, columns * (w + GAP) + GAP, 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for c, i in enumerate(row):
-            y, x = GAP + r * (h + GAP), GAP + c * (w + GAP)
-            out[y : y + h, x : x + w] = images[i]
-    return out
+def mosaic(images: np.ndarray, rows: list[np.ndarray], columns: int) -> np.ndarray:
+    """uint8 image of the given rows of tiles, GAP white pixels around every tile."""
+    return tile_rows([images[row] for row in rows], columns, GAP)
 
 
 def grid_figure(samples: Samples, columns: int = GRID_COLUMNS) -> Figure:
     """The sample grid with the class names on the left (conditional models)."""
     n_rows = len(samples.classes) if samples.conditional else 10
     rows = grid_rows(samples.labels, samples.conditional, n_rows, columns)
-    image = mosaic(samples.images, rows)
+    image = mosaic(samples.images, rows, columns)
     fig = Figure(figsize=(image.shape[1] / 50, image.shape[0] / 50))
     ax = fig.add_subplot()
     ax.imshow(image, interpolation="nearest")

@@ -1,12 +1,12 @@
-"""Device choice, seeding and logging shared by every stage."""
+"""Device choice, precision context and logging shared by every stage."""
 
 from __future__ import annotations
 
 import logging
-import random
 
-import numpy as np
 import torch
+
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger("pipeline")
 
@@ -20,16 +20,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device: {device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
+        raise PipelineError(f"device: {device!r} was asked for but CUDA is not available here; set the stage's "
+                            "device param to 'auto' or 'cpu'")
     return torch.device(device)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return a torch Generator for explicit use."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def autocast(device: torch.device, precision: str):

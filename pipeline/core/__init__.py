@@ -1,0 +1,1 @@
+"""Plumbing every stage shares: atomic writes, artifact files, hashing, checkpoints, progress, devices, plots."""

@@ -1,0 +1,1 @@
+"""How good images are: the evaluator network, reconstruction metrics, distribution distances."""

@@ -1,0 +1,1 @@
+"""The GPT over token grids: model, training, likelihood, sampling."""

@@ -1,0 +1,264 @@
+"""Train the token GPT: AdamW, warmup + cosine schedule, per-epoch test NLL, resumable, DDP-ready.
+
+One code path for 1 process and for `torchrun --nproc_per_node=N` (NCCL on GPU, gloo on CPU):
+`batch_size` is the GLOBAL batch, split evenly over ranks; rank 0 alone writes files.
+
+Determinism: the initial weights, the shuffle (DistributedSampler), label dropout and every rank's
+dropout RNG are derived from (seed, epoch[, rank]) inside a forked RNG (the caller's generators are
+left as they were), so a run resumed from an epoch checkpoint (`core.checkpoint`: same params, tokens
+and code) replays exactly what the uninterrupted run would have done, whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from pipeline.core.atomic import write_json
+from pipeline.core.checkpoint import Checkpoint, run_fingerprint
+from pipeline.core.errors import PipelineError
+from pipeline.core.hashing import sha256_file
+from pipeline.core.plots import save_png, write_csv
+from pipeline.core.progress import Eta
+from pipeline.core.runtime import autocast, resolve_device
+from pipeline.core.schedule import lr_at
+from pipeline.gpt.likelihood import bits_per_image, mean_nll, nll_metrics
+from pipeline.gpt.model import GPT, GPTConfig, save_gpt, training_inputs
+from pipeline.params import TrainParams
+from pipeline.tokenizer import files as tok
+
+log = logging.getLogger(__name__)
+
+POSTFIX_EVERY = 10  # loss.item() synchronises a GPU: read it only now and then
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    tokens: Path
+    model_dir: Path
+    checkpoints: Path
+    metrics: Path  # metrics/train.json
+    plots: Path  # directory for train_loss.csv / .png
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@contextmanager
+def distributed(device: str) -> Iterator[DistInfo]:
+    """Join the process group that torchrun describes in the environment (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield DistInfo(device=resolve_device(device))
+        return
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    try:
+        yield DistInfo(rank, world, dev)
+    finally:
+        dist.destroy_process_group()
+
+
+def model_config(p: TrainParams, meta: tok.TokenMeta) -> GPTConfig:
+    return GPTConfig(
+        k=meta.k, grid_h=meta.grid_h, grid_w=meta.grid_w, n_classes=meta.n_classes, conditional=p.conditional,
+        n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd, dropout=p.dropout, pos_emb=p.pos_emb,
+    )
+
+
+def _seed(seed: int, epoch: int, salt: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + salt) % 2**63
+
+
+def _all_reduce(values: list[float], info: DistInfo) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
+    if info.world > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+class EpochBatches:
+    """This rank's share of each global batch, via DistributedSampler (drop_last: equal shares)."""
+
+    def __init__(self, n: int, p: TrainParams, info: DistInfo):
+        if p.batch_size % info.world:
+            raise PipelineError(f"train.batch_size = {p.batch_size} must be divisible by the {info.world} processes")
+        self.local = p.batch_size // info.world
+        self.sampler = DistributedSampler(
+            range(n), num_replicas=info.world, rank=info.rank, shuffle=True, seed=p.seed, drop_last=True
+        )
+        self.steps = len(self.sampler) // self.local
+        if self.steps == 0:
+            raise PipelineError(f"train.batch_size = {p.batch_size} exceeds the {n} training sequences")
+
+    def epoch(self, epoch: int) -> list[torch.Tensor]:
+        self.sampler.set_epoch(epoch)
+        idx = torch.tensor(list(self.sampler))
+        return list(idx[: self.steps * self.local].split(self.local))
+
+
+def train(
+    p: TrainParams,
+    paths: TrainPaths,
+    info: DistInfo = DistInfo(),
+    *,
+    code: str,
+    slow_hint: str = "",
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> GPT:
+    """Train (or resume) and, on rank 0, write model, metrics and plots. Returns the raw model.
+
+    `code` identifies the training code (hashing.code_sha256): a checkpoint written by other code is
+    not resumed. `slow_hint` is logged when the up-front estimate is long."""
+    meta = tok.read_meta(paths.tokens)
+    train_split = tok.read_split(paths.tokens, "train", meta)
+    test_split = tok.read_split(paths.tokens, "test", meta)
+    cfg = model_config(p, meta)
+    with ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []))
+        torch.manual_seed(p.seed)  # identical initial weights on every rank
+        model = GPT(cfg).to(info.device)
+        opt = torch.optim.AdamW(model.param_groups(p.weight_decay), lr=p.lr, betas=(p.beta1, p.beta2))
+        batches = EpochBatches(len(train_split.tokens), p, info)
+        total_steps = batches.steps * p.epochs
+        params = p.model_dump(exclude={"device", "compile"})  # how the numbers are computed, not where
+        fingerprint = run_fingerprint(params, {"tokens": sha256_file(paths.tokens)}, code)
+        ckpt = Checkpoint(paths.checkpoints, fingerprint, "train")
+
+        start_epoch, step, history = 0, 0, []
+        state = ckpt.load() if info.main else None
+        if info.world > 1:  # rank 0 alone reads it (the directory may be local to its node)
+            box = [state]
+            dist.broadcast_object_list(box, src=0, device=info.device)
+            state = box[0]
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start_epoch, step, history = state["epoch"], state["step"], state["history"]
+
+        if info.world > 1:
+            net = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+        else:
+            net = model
+        if p.compile:
+            net = torch.compile(net)  # weights stay on `model`: no _orig_mod. prefix in saved files
+        if info.main:
+            log.info(
+                "GPT %.2fM params, vocab %d, %d slots; %d train / %d test sequences; %d steps/epoch x %d epochs; "
+                "global batch %d over %d process(es) on %s",
+                model.num_params() / 1e6, cfg.vocab_size, cfg.block_size, len(train_split.tokens),
+                len(test_split.tokens), batches.steps, p.epochs, p.batch_size, info.world, info.device,
+            )
+
+        tokens_per_step = p.batch_size * cfg.block_size
+        eta = Eta("train", total_steps - step, "steps", slow_minutes=30, slow_hint=slow_hint)
+        train_time, epochs_here = 0.0, 0
+        for epoch in range(start_epoch, p.epochs):
+            torch.manual_seed(_seed(p.seed, epoch, 1 + info.rank))  # dropout RNG, per rank
+            drop = torch.rand(len(train_split.tokens), generator=torch.Generator().manual_seed(_seed(p.seed, epoch, 0)))
+            drop = drop < p.label_dropout  # per sequence, so it does not depend on the rank split
+            model.train()
+            loss_sum, t0 = torch.zeros((), device=info.device), time.perf_counter()
+            bar = tqdm(batches.epoch(epoch), desc=f"epoch {epoch + 1}/{p.epochs}", disable=not info.main, leave=False)
+            for i, idx in enumerate(bar):
+                lr = lr_at(step, total_steps, p.warmup_steps, p.lr, p.min_lr)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                codes = train_split.tokens[idx].to(info.device, non_blocking=True)
+                labels = train_split.labels[idx].to(info.device, non_blocking=True)
+                prefix = cfg.prefix(labels, len(idx), info.device)
+                prefix = torch.where(drop[idx].to(info.device), cfg.null_token, prefix)
+                with autocast(info.device, p.precision):
+                    _, loss, _ = net(training_inputs(codes, prefix), codes)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if p.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+                opt.step()
+                step += 1
+                loss_sum += loss.detach()
+                if info.main and i % POSTFIX_EVERY == 0:
+                    rate = (i + 1) * tokens_per_step / (time.perf_counter() - t0)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
+                if info.main:
+                    eta.update(1)
+            train_time += time.perf_counter() - t0
+            epochs_here += 1
+            train_loss = _all_reduce([loss_sum.item() / batches.steps], info)[0] / info.world
+            test_nll = mean_nll(model, test_split, 2 * batches.local, info.device, p.precision, info.rank, info.world)
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_nll})
+            if info.main:
+                log.info(
+                    "epoch %d/%d: train %.4f, test %.4f nats/token (%.1f bits/image), %.0f tokens/s",
+                    epoch + 1, p.epochs, history[-1]["train_loss"], test_nll, bits_per_image(test_nll, cfg.block_size),
+                    batches.steps * tokens_per_step / (time.perf_counter() - t0),
+                )
+                ckpt.save({"epoch": epoch + 1, "step": step, "history": history,
+                           "model": model.state_dict(), "optimizer": opt.state_dict()})  # fmt: skip
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
+
+    if info.main:  # every declared output, also when all epochs came from the checkpoint
+        tokens_per_s = epochs_here * batches.steps * tokens_per_step / train_time if train_time else 0.0
+        _write_plots(history, paths.plots)
+        _write_outputs(model, p, meta, paths, history, tokens_per_s, info)
+    return model
+
+
+def _write_plots(history: list[dict], plots: Path) -> None:
+    keys = ("epoch", "train_loss", "test_loss")
+    write_csv(plots / "train_loss.csv", keys, [[h[k] for k in keys] for h in history])
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax.plot(epochs, [h["test_loss"] for h in history], "s-", label="test")
+    ax.set(xlabel="epoch", ylabel="NLL (nats/token)", title="GPT loss per epoch")
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    save_png(fig, plots / "train_loss.png")
+
+
+def _write_outputs(model, p, meta, paths, history, tokens_per_s, info) -> None:
+    last = history[-1]
+    nll = nll_metrics(last["test_loss"], model.cfg.block_size)
+    save_gpt(model, paths.model_dir, {
+        "classes": list(meta.classes), "encoder": meta.encoder, "codebook_sha256": meta.codebook_sha256,
+        "train": p.model_dump(),
+    })  # fmt: skip
+    write_json(paths.metrics, {
+        "train_loss": last["train_loss"],
+        **nll,
+        "epochs": len(history),
+        "params": model.num_params(),
+        # throughput of the epochs run by this process (0 when all came from a checkpoint)
+        "train_tokens_per_s": tokens_per_s,
+        "world_size": info.world,
+        "device": str(info.device),
+    })
+    log.info("wrote %s, %s (test %.1f bits/image)", paths.model_dir, paths.metrics, nll["test_bits_per_image"])

@@ -1,0 +1,51 @@
+"""core: the time estimate, the checkpoint's run identity, image tiling."""
+
+import numpy as np
+import torch
+
+from pipeline.core import progress
+from pipeline.core.checkpoint import Checkpoint, run_fingerprint
+from pipeline.core.hashing import code_sha256, stage_code
+from pipeline.core.images import tile_rows
+
+
+def test_eta_measures_after_warmup_and_extrapolates(monkeypatch):
+    clock = iter([0.0, 10.0, 14.0])  # warm-up ends at t=0; 4 batches of 10 units take 14 s, not 10
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    eta = progress.Eta("x", total=1000, unit="images", warmup=2, measure=4)
+    for _ in range(5):
+        eta.update(10)
+    assert eta.minutes is None
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: 14.0)
+    eta.update(10)
+    # 40 units in 14 s after warm-up; 1000 - 60 left
+    assert np.isclose(eta.minutes, 940 * 14 / 40 / 60)
+
+
+def test_checkpoint_is_reused_only_by_the_same_params_inputs_and_code(tmp_path):
+    fingerprint = run_fingerprint({"lr": 1.0}, {"tokens": "abc"}, "code-v1")
+    Checkpoint(tmp_path, fingerprint, "t").save({"epoch": 3, "w": torch.ones(2)})
+    assert Checkpoint(tmp_path, fingerprint, "t").load()["epoch"] == 3
+    for other in (
+        run_fingerprint({"lr": 2.0}, {"tokens": "abc"}, "code-v1"),
+        run_fingerprint({"lr": 1.0}, {"tokens": "abd"}, "code-v1"),
+        run_fingerprint({"lr": 1.0}, {"tokens": "abc"}, "code-v2"),
+    ):
+        assert Checkpoint(tmp_path, other, "t").load() is None
+
+
+def test_code_hash_covers_every_file_the_stage_runs():
+    assert "pipeline/gpt/training.py" in stage_code("train") and "stages/train.py" in stage_code("train")
+    assert "pipeline/tokenizer/kmeans.py" not in stage_code("train")
+    assert code_sha256("train") != code_sha256("decoder")
+    assert code_sha256("train") == code_sha256("train")
+
+
+def test_tile_rows_places_each_row_and_pads_short_rows_white():
+    a = np.zeros((3, 4, 4, 3), np.uint8)
+    b = np.full((1, 4, 4, 3), 7, np.uint8)
+    out = tile_rows([a, b], columns=3, gap=1)
+    assert out.shape == (2 * 5 + 1, 3 * 5 + 1, 3)
+    assert (out[1:5, 1:5] == 0).all() and (out[6:10, 1:5] == 7).all()
+    assert (out[6:10, 6:10] == 255).all()  # the missing tiles of row 2
+    assert (out[0] == 255).all() and (out[:, 0] == 255).all()
