@@ -2,8 +2,8 @@
 
 import os
 
-# FAISS's OpenMP threads busy-wait by default and starve torch's on a small CPU (3-5x slower k-means
-# on 2 cores); this only works if set before torch or faiss load libgomp, hence here, first.
+# FAISS's OpenMP threads busy-wait by default and starve torch's on a small CPU (bench/bench_kmeans.py);
+# this only works if set before torch or faiss load libgomp, hence here, first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402

@@ -80,10 +80,26 @@ def test_sampling_is_seeded_and_conditioned():
     assert not torch.equal(a, model.generate(4, labels, seed=2))
     greedy = model.generate(4, labels, temperature=0.0)
     assert torch.equal(greedy[0], greedy[1]) and not torch.equal(greedy[0], greedy[2])
-    guided = model.generate(4, labels, temperature=0.0, cfg_scale=4.0)
-    assert not torch.equal(guided, greedy)  # the null-class branch changes the argmax somewhere
     with pytest.raises(ValueError, match="needs labels"):
         model.generate(2)
+
+
+@torch.no_grad()
+def test_guidance_follows_the_formula_at_every_step():
+    """Greedy guided sampling picks argmax(uncond + s * (cond - uncond)) at every step, where cond is
+    the model's logits after the class token and uncond after the null class, on the same codes."""
+    model, scale = make(True), 4.0
+    with torch.no_grad():  # larger weights: peaked, class-dependent logits
+        model.wte.weight.mul_(20)
+    labels = torch.tensor([0, 3, 7, 9])
+    guided = model.generate(4, labels, temperature=0.0, cfg_scale=scale)
+    cfg = model.cfg
+    cond_in = training_inputs(guided, cfg.prefix(labels, 4, "cpu"))
+    uncond_in = training_inputs(guided, cfg.prefix(None, 4, "cpu"))
+    cond, uncond = (model(x)[0][..., : cfg.k].float() for x in (cond_in, uncond_in))
+    assert torch.equal(guided, (uncond + scale * (cond - uncond)).argmax(-1))
+    swapped = (cond + scale * (uncond - cond)).argmax(-1)  # the formula with cond and uncond exchanged
+    assert not torch.equal(guided, swapped)  # so the check above can tell them apart
 
 
 def test_top_k_and_top_p_restrict_the_support():

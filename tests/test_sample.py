@@ -10,6 +10,7 @@ import json
 
 import h5py
 import numpy as np
+import torch
 import pytest
 
 from pipeline.gpt import sampling
@@ -69,14 +70,21 @@ def test_batched_sampling_with_cache_equals_without(tmp_path, conditional):
     assert np.array_equal(cached, full)
 
 
-def test_guidance_makes_samples_more_class_specific(tmp_path):
-    """With cfg_scale > 1 samples move away from the null-class distribution (here: other tokens)."""
+def test_sample_params_reach_the_model(tmp_path):
+    """sample_tokens draws exactly what GPT.generate draws with the params' settings and seed (the
+    guidance formula itself is tested in test_gpt.py), batch after batch from one generator."""
     model = tiny_gpt(True)
     base = load_params(write_world(tmp_path) / "params.yaml").sample
+    p = base.model_copy(update={"cfg_scale": 3.0, "top_k": 5, "temperature": 0.8, "batch_size": 4})
     labels = sampling.sample_labels(model.cfg, 2)
-    plain = sampling.sample_tokens(model, labels, base, progress=False)
-    guided = sampling.sample_tokens(model, labels, base.model_copy(update={"cfg_scale": 3.0}), progress=False)
-    assert not np.array_equal(plain, guided)
+    got = sampling.sample_tokens(model, labels, p, progress=False)
+    g = torch.Generator().manual_seed(p.seed)
+    want = torch.cat([
+        model.generate(len(b), torch.as_tensor(b.astype(np.int64)), temperature=0.8, top_k=5, cfg_scale=3.0, generator=g)
+        for b in np.split(labels, range(4, len(labels), 4))
+    ])  # fmt: skip
+    assert np.array_equal(got, want.numpy())
+    assert not np.array_equal(got, sampling.sample_tokens(model, labels, base, progress=False))
 
 
 def test_grid_has_one_row_per_class_in_order():

@@ -111,9 +111,9 @@ class SelfAttention(nn.Module):
 
 
 def sdpa(q, k, v, mask: torch.Tensor | None, dropout_p: float, causal: bool) -> torch.Tensor:
-    """F.scaled_dot_product_attention, in fp32 for bf16 inputs on CPU: there its bf16 backward is ~4x
-    slower than the fp32 one and took half of a bf16-autocast training step of the CPU-preset model
-    (bench/bench_gpt.py); the matmuls around it stay in bf16."""
+    """F.scaled_dot_product_attention, in fp32 for bf16 inputs on CPU: there its bf16 backward is much
+    slower than the fp32 one and dominated a bf16-autocast training step of the CPU-preset model
+    (bench/bench_gpt.py measures it); the matmuls around it stay in bf16."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         with torch.autocast("cpu", enabled=False):  # CPU autocast would cast SDPA's inputs back to bf16
             y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), mask, dropout_p, is_causal=causal)

@@ -90,8 +90,8 @@ class InverseCNN(nn.Module):
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """(N, g*g) token ids in raster order -> (N, C, g, g) centroid grid, in channels_last memory
-        layout: the free permuted view, on which oneDNN's CPU convolutions decode ~1.3x faster than
-        on an NCHW copy (bench/bench_sampling.py), with the same values."""
+        layout: the free permuted view, on which oneDNN's CPU convolutions decode faster than on an
+        NCHW copy (bench/bench_sampling.py measures it), with the same values."""
         g = self.config.grid
         if tokens.ndim != 2 or tokens.shape[1] != g * g:
             raise PipelineError(f"tokens must have shape (N, {g * g}) for a {g}x{g} decoder, got {tuple(tokens.shape)}")
