@@ -40,6 +40,10 @@ class DownloadParams(Section):
     # Expected image counts; a source with other counts is rejected (null: accept any count).
     expect_train: int | None = Field(ge=1)
     expect_test: int | None = Field(ge=1)
+    # Validation split: this many training images (the same number per class, drawn with val_seed) are
+    # held out for model selection; the test split is read only by the evaluate stage.
+    val_size: int = Field(ge=10)
+    val_seed: int = Field(ge=0)
 
 
 class ExtractParams(Section):
@@ -51,6 +55,7 @@ class ExtractParams(Section):
     pool: Literal["avg", "unshuffle"]  # how a layer larger than the grid is brought to it
     input_size: int = Field(ge=8, le=512)  # images are resized to this before the encoder
     standardize: bool  # per-channel mean/std fitted on train
+    flip: bool  # also encode every train image mirrored left-right (augmentation for the GPT)
     batch_size: int = Field(ge=1)
     precision: Precision
     device: Device
@@ -90,6 +95,7 @@ class TrainParams(Section):
     pos_emb: Literal["1d", "2d"]
     conditional: bool
     label_dropout: float = Field(ge=0, le=1)
+    flip: bool  # each epoch, each image as it is or mirrored (needs extract.flip), half and half
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)

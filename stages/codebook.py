@@ -39,8 +39,9 @@ def codebook(params: Path = PARAMS_OPTION) -> None:
             raise PipelineError(f"{FEATURES}: train/features contains NaN or inf; re-run the extract stage")
         fit = cb.fit_kmeans(sample, p.k, p.niter, p.seed, p.max_points_per_centroid, gpu, p.init)
         del sample
-        assigned = {s: cb.assign(f[f"{s}/features"], fit.centroids, gpu, desc=f"assign {s}") for s in SPLITS}
-        labels = {s: f[f"{s}/labels"][:] for s in SPLITS}
+        splits = tuple(layout.counts)  # train, val, test (+ train_flip)
+        assigned = {s: cb.assign(f[f"{s}/features"], fit.centroids, gpu, desc=f"assign {s}") for s in splits}
+        labels = {s: f[f"{s}/labels"][:] for s in splits}
 
     described = dict(k=p.k, feature_dim=layout.dim, encoder=layout.encoder,
                      codebook_sha256=token_files.centroids_sha256(fit.centroids))
@@ -52,7 +53,7 @@ def codebook(params: Path = PARAMS_OPTION) -> None:
     )
     token_files.write_tokens(
         TOKENS,
-        {s: (assigned[s].tokens, labels[s]) for s in SPLITS},
+        {s: (assigned[s].tokens, labels[s]) for s in splits},
         dict(described, grid_h=layout.grid_h, grid_w=layout.grid_w, n_classes=len(CLASSES), classes=list(CLASSES)),
     )
 
@@ -61,8 +62,7 @@ def codebook(params: Path = PARAMS_OPTION) -> None:
         "k": p.k,
         "feature_dim": layout.dim,
         "n_fit": fit.n_fit,
-        "rel_quant_error_train": assigned["train"].relative_error,
-        "rel_quant_error_test": assigned["test"].relative_error,
+        **{f"rel_quant_error_{s}": assigned[s].relative_error for s in SPLITS},
         "perplexity": cb.perplexity(counts),
         "dead_codes": int((counts == 0).sum()),
         "fit_seconds": round(fit.seconds, 2),
@@ -76,7 +76,7 @@ def codebook(params: Path = PARAMS_OPTION) -> None:
     figure = cb.usage_figure(counts, title, "code rank", "grid cells", reference="uniform usage")
     save_png(figure, PLOTS / "codebook_usage.png")
     log.info(
-        "codebook: rel. error train %.4f test %.4f, perplexity %.1f / %d, %d dead codes -> %s, %s",
-        *(metrics["rel_quant_error_train"], metrics["rel_quant_error_test"], metrics["perplexity"], p.k),
+        "codebook: rel. error train %.4f val %.4f, perplexity %.1f / %d, %d dead codes -> %s, %s",
+        *(metrics["rel_quant_error_train"], metrics["rel_quant_error_val"], metrics["perplexity"], p.k),
         *(metrics["dead_codes"], TOKENS, CODEBOOK),
     )

@@ -1,7 +1,8 @@
 """decoder: tokens + codebook -> a token-grid-to-image decoder, its test metrics and plots.
 
 CNN tokenizers train the inverse CNN (resuming from data/checkpoints/decoder); the `pixels`
-tokenizer gets its palette decoder with no training. Both are evaluated the same way on test.
+tokenizer gets its palette decoder with no training. Both are scored the same way on the validation
+split (model selection); the evaluate stage reports the test split.
 """
 
 import logging
@@ -28,7 +29,7 @@ METRICS_JSON = METRICS / "decoder.json"
 
 @app.command()
 def decoder(params: Path = PARAMS_OPTION) -> None:
-    """Train (or build) the token decoder and evaluate its test reconstructions."""
+    """Train (or build) the token decoder and score its validation reconstructions."""
     p = load_params(params).decoder
     inputs = dt.load_inputs(TOKENS, CODEBOOK, FEATURES, RAW)
     device = resolve_device(p.device)
@@ -51,17 +52,17 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
 
     t0 = time.perf_counter()
     token_decoder = load_token_decoder(DECODER_DIR)
-    reconstructions = token_decoder.decode(inputs.test_tokens, p.batch_size, device)
-    metrics = reconstruction_metrics(inputs.test_images, reconstructions, inputs.test_labels, p.batch_size, device)
+    reconstructions = token_decoder.decode(inputs.val_tokens, p.batch_size, device)
+    metrics = reconstruction_metrics(inputs.val_images, reconstructions, inputs.val_labels, p.batch_size, device)
     metrics.update(
-        kind=token_decoder.kind, encoder=inputs.encoder, tokens_per_image=int(inputs.test_tokens.shape[1]),
-        k=token_decoder.k, n_test=len(reconstructions), epochs=len(history), train_seconds=round(train_seconds, 1),
+        split="val", kind=token_decoder.kind, encoder=inputs.encoder, tokens_per_image=int(inputs.val_tokens.shape[1]),
+        k=token_decoder.k, n_images=len(reconstructions), epochs=len(history), train_seconds=round(train_seconds, 1),
         eval_seconds=round(time.perf_counter() - t0, 1), device=str(device), precision=precision,
     )  # fmt: skip
     write_json(METRICS_JSON, metrics)
-    write_png(dt.reconstruction_grid(inputs.test_images, reconstructions), GRID_PNG)
+    write_png(dt.reconstruction_grid(inputs.val_images, reconstructions), GRID_PNG)
     log.info(
-        "decoder (%s, %d tokens/image): test PSNR %.2f dB, SSIM %.3f, classifier accuracy %.1f %% on reconstructions "
+        "decoder (%s, %d tokens/image): val PSNR %.2f dB, SSIM %.3f, classifier accuracy %.1f %% on reconstructions "
         "vs %.1f %% on originals -> %s, %s",
         token_decoder.kind, metrics["tokens_per_image"], metrics["psnr_db"], metrics["ssim"],
         100 * metrics["accuracy_reconstructions"], 100 * metrics["accuracy_originals"], METRICS_JSON, GRID_PNG,

@@ -18,5 +18,5 @@ def download(params: Path = PARAMS_OPTION) -> None:
     log.info("loading CIFAR-10 from %s", p.source)
     data = cifar10.load_source(p.source, p.cache_dir)
     data = cifar10.validate(data, {"train": p.expect_train, "test": p.expect_test})
-    cifar10.write_h5(data, RAW)
-    log.info("wrote %s: %d train, %d test images", RAW, len(data.train.images), len(data.test.images))
+    counts = cifar10.write_h5(data, RAW, p.val_size, p.val_seed)
+    log.info("wrote %s: %s images", RAW, counts)

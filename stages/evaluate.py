@@ -50,7 +50,7 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     }, str(TOKENS), meta)  # fmt: skip
     precision = gpt_config.get("train", {}).get("precision", "fp32")  # as in training's per-epoch NLL
     nll = likelihood.mean_nll(model, test, p.batch_size, device, precision)
-    gpt = {**likelihood.nll_metrics(nll, meta.seq_len), "precision": precision}
+    gpt = {**likelihood.nll_metrics(nll, meta.seq_len, "test"), "precision": precision}
     gpt.update(likelihood.unigram_baselines(train.tokens, test.tokens, meta.k))
     del model
 

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -56,12 +57,13 @@ def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), (np.arange(n) % 10).astype(np.uint8)
 
 
-def write_raw(path: Path, n_train: int, n_test: int) -> cifar10.Cifar10:
-    """A raw cifar10.h5 as the download stage writes it (the images of write_npz); returns its data."""
-    (x_train, y_train), (x_test, y_test) = make_images(n_train, seed=1), make_images(n_test, seed=2)
+def write_raw(path: Path, n_train: int, n_test: int, n_val: int = 10) -> SimpleNamespace:
+    """A raw cifar10.h5 as the download stage writes it, with n_train / n_val / n_test images (n_val held
+    out of n_train + n_val source images); returns its splits as read back (`.train`, `.val`, `.test`)."""
+    (x_train, y_train), (x_test, y_test) = make_images(n_train + n_val, seed=1), make_images(n_test, seed=2)
     data = cifar10.Cifar10(cifar10.Split(x_train, y_train), cifar10.Split(x_test, y_test), cifar10.CLASSES, "synthetic")
-    cifar10.write_h5(data, path)
-    return data
+    cifar10.write_h5(data, path, n_val, val_seed=0)
+    return SimpleNamespace(**{split: cifar10.read_split(path, split) for split in cifar10.SPLITS})
 
 
 def write_npz(path: Path, n_train: int = 60, n_test: int = 20, **overrides) -> Path:

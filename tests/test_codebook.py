@@ -29,7 +29,7 @@ def write_features(path: Path, train: np.ndarray, test: np.ndarray, encoder: str
     """A features.h5 following the contract (tweak `attrs`, or edit the file after, to break it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
-        for split, feats in (("train", train), ("test", test)):
+        for split, feats in (("train", train), ("val", test), ("test", test)):
             f[f"{split}/features"] = feats
             f[f"{split}/labels"] = (np.arange(len(feats)) % 10).astype(np.uint8)
         f.attrs.update(

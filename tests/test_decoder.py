@@ -40,10 +40,10 @@ def write_inputs(
     paths = {name: root / f"{name}.{ext}" for name, ext in
              [("raw", "h5"), ("features", "h5"), ("codebook", "safetensors"), ("tokens", "h5")]}  # fmt: skip
     data = write_raw(paths["raw"], n_train, n_test)
-    y_train, y_test = data.train.labels, data.test.labels
+    y_train, y_val = data.train.labels, data.val.labels
     fg = feature_grid or grid
     with h5py.File(paths["features"], "w") as f:
-        for split, y in (("train", y_train), ("test", y_test)):
+        for split, y in (("train", y_train), ("val", y_val), ("test", data.test.labels)):
             f[f"{split}/features"] = rng.normal(size=(len(y), fg, fg, dim)).astype(np.float16)
             f[f"{split}/labels"] = y
         f.attrs.update(encoder=encoder, layers=["rgb"] if encoder == "pixels" else ["layer1", "layer2", "layer3"],
@@ -53,7 +53,7 @@ def write_inputs(
     centroids = rng.normal(size=(k, dim)).astype(np.float32)
     token_files.write_codebook(paths["codebook"], centroids, {"k": k})
     splits = {split: (rng.integers(0, k, (len(y), grid * grid)).astype(np.uint16), rng.permutation(y) if shuffle_labels else y)
-              for split, y in (("train", y_train), ("test", y_test))}  # fmt: skip
+              for split, y in (("train", y_train), ("val", y_val), ("test", data.test.labels))}  # fmt: skip
     token_files.write_tokens(paths["tokens"], splits, dict(
         k=k, grid_h=grid, grid_w=grid, n_classes=10, classes=list(cifar10.CLASSES), encoder=encoder, feature_dim=dim,
         codebook_sha256=token_files.centroids_sha256(centroids),
@@ -194,12 +194,12 @@ def test_saved_decoder_round_trip(tmp_path):
     save_cnn_decoder(result.model, tmp_path / "decoder", {"encoder": inputs.encoder})
     decoder = load_token_decoder(tmp_path / "decoder")
     assert decoder.kind == "cnn" and decoder.grid == 8
-    images = decoder.decode(inputs.test_tokens)
-    assert images.dtype == np.uint8 and images.shape == (6, 32, 32, 3)
-    expected = TokenDecoder("cnn", 8, result.model.config.k, model=result.model).decode(inputs.test_tokens, 4)
+    images = decoder.decode(inputs.val_tokens)
+    assert images.dtype == np.uint8 and images.shape == (10, 32, 32, 3)  # the validation split
+    expected = TokenDecoder("cnn", 8, result.model.config.k, model=result.model).decode(inputs.val_tokens, 4)
     assert np.array_equal(images, expected)
     with pytest.raises(PipelineError, match="do not fit"):
-        decoder.decode(inputs.test_tokens[:, :16])
+        decoder.decode(inputs.val_tokens[:, :16])
 
 
 @pytest.mark.parametrize("pool, channels", [("avg", 16 + 64), ("unshuffle", 16 * 16 + 64)])
@@ -225,15 +225,15 @@ def test_perceptual_features_match_extract(tmp_path, pool, channels):
 
 
 def test_palette_decoder_undoes_standardisation(tmp_path):
-    inputs = load(write_inputs(tmp_path, encoder="pixels", grid=32, dim=3, k=8, n_train=4, n_test=3))
+    inputs = load(write_inputs(tmp_path, encoder="pixels", grid=32, dim=3, k=8, n_train=10, n_test=3))
     colours = dt.palette_colours(inputs)
     expected = np.clip(np.rint((inputs.centroids.numpy() * 0.25 + 0.5) * 255), 0, 255) / 255
     assert np.allclose(colours.numpy(), expected, atol=1e-6)
     save_palette_decoder(colours, tmp_path / "decoder")
     assert json.loads((tmp_path / "decoder" / "config.json").read_text())["kind"] == "palette"
     decoder = load_token_decoder(tmp_path / "decoder")
-    images = decoder.decode(inputs.test_tokens)
-    token = int(inputs.test_tokens[1, 32 * 2 + 5])
+    images = decoder.decode(inputs.val_tokens)
+    token = int(inputs.val_tokens[1, 32 * 2 + 5])
     assert np.array_equal(images[1, 2, 5], np.rint(expected[token] * 255).astype(np.uint8))
 
 
@@ -266,7 +266,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch, repo_params, torch_home, kind):
     if kind == "cnn":  # real ResNet-20 layers 1-3 give 16 + 32 + 64 = 112 channels
         paths, dim, grid = write_inputs(tmp_path / "in", dim=112, n_train=16, n_test=8), 112, 8
     else:
-        paths, dim, grid = write_inputs(tmp_path / "in", encoder="pixels", grid=32, dim=3, k=8, n_train=4, n_test=8), 3, 32
+        paths, dim, grid = write_inputs(tmp_path / "in", encoder="pixels", grid=32, dim=3, k=8, n_train=10, n_test=8), 3, 32
     for name, target in (("raw", RAW), ("features", FEATURES), ("codebook", CODEBOOK), ("tokens", TOKENS)):
         target.parent.mkdir(parents=True, exist_ok=True)
         paths[name].rename(target)
@@ -277,8 +277,8 @@ def test_stage_end_to_end(tmp_path, monkeypatch, repo_params, torch_home, kind):
     Path("params.yaml").write_text(yaml.safe_dump(repo_params))
     stage.decoder(Path("params.yaml"))
     metrics = json.loads(Path("metrics/decoder.json").read_text())
-    assert metrics["kind"] == kind and metrics["tokens_per_image"] == grid * grid and metrics["n_test"] == 8
+    assert metrics["kind"] == kind and metrics["tokens_per_image"] == grid * grid and metrics["n_images"] == 10 and metrics["split"] == "val"
     assert 0 <= metrics["accuracy_reconstructions"] <= 1 and metrics["psnr_db"] > 0
     assert Path("plots/reconstructions.png").is_file() and Path("data/models/decoder/config.json").is_file()
-    assert Path("plots/decoder_loss.csv").read_text().startswith("epoch,train_loss,test_psnr_db")
+    assert Path("plots/decoder_loss.csv").read_text().startswith("epoch,train_loss,val_psnr_db")
     assert any(DECODER_CHECKPOINTS.iterdir())  # a declared DVC output must exist after the stage

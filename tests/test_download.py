@@ -11,9 +11,9 @@ from pipeline.core.hashing import sha256_file
 EXPECT_SMALL = {"train": 60, "test": 20}
 
 
-def _download(source, out, expect=EXPECT_SMALL):
+def _download(source, out, expect=EXPECT_SMALL, val_size=10):
     data = cifar10.validate(cifar10.load_source(str(source), out.parent / "cache"), expect)
-    cifar10.write_h5(data, out)
+    cifar10.write_h5(data, out, val_size, val_seed=0)
     return data
 
 
@@ -22,18 +22,38 @@ def test_npz_to_h5_keeps_images_labels_and_provenance(synthetic_npz, tmp_path):
     _download(synthetic_npz, out)
     src = np.load(synthetic_npz)
     with h5py.File(out) as f:
-        for split in ("train", "test"):
+        order = np.concatenate([f["train/source_index"][:], f["val/source_index"][:]])
+        for split, source_split, index in (("train", "train", f["train/source_index"][:]),
+                                           ("val", "train", f["val/source_index"][:]), ("test", "test", None)):
             images, labels = f[f"{split}/images"], f[f"{split}/labels"]
-            assert images.dtype == np.uint8 and images.shape == src[f"x_{split}"].shape
-            assert labels.dtype == np.uint8
+            x, y = src[f"x_{source_split}"], src[f"y_{source_split}"]
+            x, y = (x, y) if index is None else (x[index], y[index])
+            assert images.dtype == np.uint8 and images.shape == x.shape and labels.dtype == np.uint8
             assert images.chunks[1:] == (32, 32, 3)
-            np.testing.assert_array_equal(images[:], src[f"x_{split}"])
-            np.testing.assert_array_equal(labels[:], src[f"y_{split}"])
+            np.testing.assert_array_equal(images[:], x)
+            np.testing.assert_array_equal(labels[:], y)
+        assert np.array_equal(np.sort(order), np.arange(60))  # train and val split the source's train
+        assert f.attrs["val_size"] == 10 and f.attrs["val_seed"] == 0
         assert list(f.attrs["classes"]) == list(cifar10.CLASSES)
         assert f.attrs["source"] == str(synthetic_npz)
         assert f.attrs["source_sha256"] == sha256_file(synthetic_npz)
     back = cifar10.read_split(out, "test")
     np.testing.assert_array_equal(back.labels, src["y_test"])
+
+
+def test_validation_split_is_class_balanced_disjoint_and_stable():
+    x, y = make_images(200)
+    train = cifar10.Split(x, y)
+    train_idx, val_idx = cifar10.hold_out(train, 40, seed=3)
+    assert np.bincount(y[val_idx], minlength=10).tolist() == [4] * 10  # class-balanced
+    assert not set(train_idx) & set(val_idx) and len(train_idx) + len(val_idx) == 200  # a partition
+    again_train, again_val = cifar10.hold_out(train, 40, seed=3)
+    assert np.array_equal(val_idx, again_val) and np.array_equal(train_idx, again_train)  # stable
+    assert not np.array_equal(val_idx, cifar10.hold_out(train, 40, seed=4)[1])  # the seed matters
+    with pytest.raises(DataError, match="multiple of 10"):
+        cifar10.hold_out(train, 45, seed=0)
+    with pytest.raises(DataError, match="lower download.val_size"):
+        cifar10.hold_out(train, 200, seed=0)
 
 
 def test_int64_labels_are_accepted_and_stored_as_uint8(tmp_path):

@@ -60,7 +60,7 @@ def test_mean_nll_is_the_mean_cross_entropy_per_code():
     model = tiny_gpt(True)
     g = torch.Generator().manual_seed(0)
     split = TokenSplit(torch.randint(0, K, (12, 16), generator=g), torch.arange(12) % 10)
-    out = likelihood.nll_metrics(likelihood.mean_nll(model, split, 5, torch.device("cpu"), "fp32"), 16)
+    out = likelihood.nll_metrics(likelihood.mean_nll(model, split, 5, torch.device("cpu"), "fp32"), 16, "test")
     with torch.no_grad():
         _, loss, _ = model(training_inputs(split.tokens, model.cfg.prefix(split.labels, 12, "cpu")), split.tokens)
     assert math.isclose(out["test_nll"], loss.item(), rel_tol=1e-5)

@@ -17,7 +17,7 @@ from pipeline.params import ExtractParams
 
 N_TRAIN, N_TEST = 24, 10
 BASE = dict(encoder="cifar_resnet20", layers=["layer1", "layer2", "layer3"], grid=8, pool="avg", input_size=32,
-            standardize=True, batch_size=10, precision="fp32", device="cpu")
+            standardize=True, flip=False, batch_size=10, precision="fp32", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def extract(raw, out, **overrides):
 
 def test_features_h5_follows_the_contract(raw, tmp_path):
     with extract(raw, tmp_path / "f.h5") as f:
-        for split, n in (("train", N_TRAIN), ("test", N_TEST)):
+        for split, n in (("train", N_TRAIN), ("val", 10), ("test", N_TEST)):
             feats = f[f"{split}/features"]
             assert feats.shape == (n, 8, 8, 16 + 32 + 64) and feats.dtype == np.float16 and feats.chunks
             assert f[f"{split}/labels"].dtype == np.uint8
@@ -54,6 +54,23 @@ def test_same_params_give_identical_bytes(raw, tmp_path):
     with extract(raw, tmp_path / "a.h5") as a, extract(raw, tmp_path / "b.h5") as b:
         for key in ("train/features", "test/features", "stats/mean", "stats/std"):
             np.testing.assert_array_equal(a[key][:], b[key][:])
+
+
+def test_flipped_features_are_the_features_of_mirrored_images(raw, tmp_path):
+    """extract.flip: train_flip holds the encoder's features of each train image mirrored left-right
+    (standardised with the train statistics), not the train grids flipped (features are not equivariant)."""
+    with extract(raw, tmp_path / "flip.h5", flip=True) as f:
+        mean, std = f["stats/mean"][:], f["stats/std"][:]
+        flipped = f["train_flip/features"][:]
+        np.testing.assert_array_equal(f["train_flip/labels"][:], f["train/labels"][:])
+        grids = f["train/features"][:]
+    torch.manual_seed(0)
+    encoder = build_encoder(BASE["encoder"], pretrained=False)
+    mirrored = cifar10.read_split(raw, "train").images[:, :, ::-1]
+    spec = GridSpec(tuple(BASE["layers"]), 8, 32, "avg")
+    expect = (encode_batch(fuse_conv_bn(encoder), mirrored, spec, torch.device("cpu"), "fp32", False).numpy() - mean) / std
+    np.testing.assert_allclose(flipped.astype(np.float32), expect, atol=2e-2, rtol=2e-3)
+    assert not np.allclose(flipped, grids[:, :, ::-1], atol=0.1)  # not the train grid mirrored
 
 
 def test_layers_concatenate_in_order_and_standardisation_uses_train_stats(raw, tmp_path):

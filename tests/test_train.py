@@ -33,14 +33,17 @@ def train(p, paths, info=DistInfo(), code=CODE, **kwargs):
 
 
 def write_tokens(path: Path, n_train: int = 64, n_test: int = 32, k: int = K, grid: int = GRID, **attrs) -> Path:
-    """A tokens.h5 following the codebook contract, with class-dependent, learnable sequences."""
+    """A tokens.h5 following the codebook contract, with class-dependent, learnable sequences; train_flip
+    holds each train grid mirrored left-right (what the codebook stage writes for mirrored images)."""
     rng = np.random.default_rng(0)
     splits = {}
-    for split, n in (("train", n_train), ("test", n_test)):
+    for split, n in (("train", n_train), ("val", n_test), ("test", n_test)):
         labels = (np.arange(n) % 10).astype(np.uint8)
         base = (labels[:, None] * 3 + np.arange(grid * grid)[None]) % k
         noise = rng.integers(0, k, base.shape) * (rng.random(base.shape) < 0.2)
         splits[split] = ((base + noise) % k).astype(np.uint16), labels
+    codes, labels = splits["train"]
+    splits[tok.FLIP] = codes.reshape(-1, grid, grid)[:, :, ::-1].reshape(len(codes), -1), labels
     write_token_file(path, splits, dict(k=k, grid_h=grid, grid_w=grid, n_classes=10, feature_dim=8,
                                         classes=[f"c{i}" for i in range(10)], encoder="synthetic",
                                         codebook_sha256="synthetic-codebook") | attrs)  # fmt: skip
@@ -50,7 +53,7 @@ def write_tokens(path: Path, n_train: int = 64, n_test: int = 32, k: int = K, gr
 def tiny_params(**overrides) -> TrainParams:
     base = yaml.safe_load((REPO / "params.yaml").read_text())["train"]  # the real keys, tiny sizes
     base.update(n_layer=2, n_head=2, n_embd=32, epochs=2, batch_size=16, warmup_steps=2, precision="fp32",
-                device="cpu", compile=False)
+                device="cpu", compile=False, flip=False)
     base.update(overrides)
     return TrainParams(**base)
 
@@ -74,11 +77,11 @@ def test_train_writes_model_metrics_plots_and_learns(tmp_path, tokens_h5):
     train(p, paths)
     metrics = json.loads(paths.metrics.read_text())
     hist = (paths.plots / "train_loss.csv").read_text().splitlines()
-    assert hist[0] == "epoch,train_loss,test_loss" and len(hist) == 5
+    assert hist[0] == "epoch,train_loss,val_loss" and len(hist) == 5
     assert (paths.plots / "train_loss.png").read_bytes()[:4] == b"\x89PNG"
-    first_test = float(hist[1].split(",")[2])
-    assert metrics["test_nll"] < first_test < np.log(K) + 0.2  # it learns something
-    assert metrics["test_bits_per_image"] == pytest.approx(metrics["test_nll"] * GRID * GRID / np.log(2))
+    first_val = float(hist[1].split(",")[2])
+    assert metrics["val_nll"] < first_val < np.log(K) + 0.2  # it learns something
+    assert metrics["val_bits_per_image"] == pytest.approx(metrics["val_nll"] * GRID * GRID / np.log(2))
     model = load_gpt(paths.model_dir)  # tied weights survive safetensors; no _orig_mod. prefix
     assert model.cfg.k == K and model.cfg.vocab_size == K + 11
     assert model.head.weight.data_ptr() == model.wte.weight.data_ptr()
@@ -108,12 +111,14 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tokens_h5):
     assert len((run.plots / "train_loss.csv").read_text().splitlines()) == 4
 
 
-def test_changed_params_start_fresh_instead_of_resuming(tmp_path, tokens_h5, caplog):
+def test_changed_params_start_fresh_instead_of_resuming(tmp_path, tokens_h5):
     paths = paths_in(tmp_path, tokens_h5)
     train(tiny_params(epochs=1), paths)
-    caplog.set_level("INFO")
-    train(tiny_params(epochs=1, lr=1e-3), paths)
-    assert "starting fresh" in caplog.text and "resuming" not in caplog.text
+    epochs_run = []
+    fresh = train(tiny_params(epochs=1, lr=1e-3), paths, on_epoch_end=epochs_run.append)
+    assert epochs_run == [1]
+    reference = train(tiny_params(epochs=1, lr=1e-3), paths_in(tmp_path / "ref", tokens_h5))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), reference.state_dict().values()))
 
 
 def _ddp_worker(rank: int, world: int, port: int, p: TrainParams, paths: TrainPaths) -> None:
@@ -139,7 +144,7 @@ def test_two_gloo_processes_match_single_process(tmp_path, tokens_h5):
     single_m = json.loads((tmp_path / "single/metrics/train.json").read_text())
     ddp_m = json.loads(ddp_paths.metrics.read_text())
     assert ddp_m["world_size"] == 2
-    assert ddp_m["test_nll"] == pytest.approx(single_m["test_nll"], rel=1e-4)
+    assert ddp_m["val_nll"] == pytest.approx(single_m["val_nll"], rel=1e-4)
 
 
 def test_bad_token_files_are_clear_errors(tmp_path):
@@ -192,6 +197,40 @@ def test_finished_run_rerun_writes_every_declared_output(tmp_path, tokens_h5):
     assert all(first[o] == o.read_bytes() for o in first)  # the same model and curves as before
 
 
+def test_saved_model_is_the_epoch_with_the_lowest_validation_nll(tmp_path):
+    """An over-fitting run (few sequences, a wide model, a high LR): the model folder holds the best
+    validation epoch, train.json names it, and the resume checkpoint stays the last epoch."""
+    tokens = write_tokens(tmp_path / "tokens.h5", n_train=20, n_test=20)
+    p = tiny_params(epochs=8, n_embd=64, lr=2e-2, min_lr=2e-2, warmup_steps=1, dropout=0.0, batch_size=10)
+    paths = paths_in(tmp_path, tokens)
+    per_epoch = {}
+
+    def snapshot(epoch: int) -> None:
+        per_epoch[epoch] = torch.load(paths.checkpoints / "last.pt", map_location="cpu", weights_only=True)["model"]
+
+    train(p, paths, on_epoch_end=snapshot)
+    metrics = json.loads(paths.metrics.read_text())
+    val = [float(row.split(",")[2]) for row in (paths.plots / "train_loss.csv").read_text().splitlines()[1:]]
+    best = int(np.argmin(val)) + 1
+    assert metrics["best_epoch"] == best < p.epochs  # it over-fits: the last epoch is not the best
+    assert metrics["val_nll"] == pytest.approx(val[best - 1]) and metrics["last_val_nll"] == pytest.approx(val[-1])
+    saved = load_gpt(paths.model_dir).state_dict()
+    assert all(torch.equal(saved[k], per_epoch[best][k]) for k in saved)
+    last = torch.load(paths.checkpoints / "last.pt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == p.epochs and last["best"]["epoch"] == best
+
+
+def test_flip_draws_the_mirrored_grids_and_needs_them(tmp_path, tokens_h5):
+    plain = state(train(tiny_params(epochs=1, flip=False), paths_in(tmp_path / "plain", tokens_h5)))
+    flipped = state(train(tiny_params(epochs=1, flip=True), paths_in(tmp_path / "flip", tokens_h5)))
+    assert any(not torch.equal(plain[k], flipped[k]) for k in plain)  # other sequences were seen
+    no_flip = write_tokens(tmp_path / "no_flip.h5")
+    with h5py.File(no_flip, "a") as f:
+        del f[tok.FLIP]
+    with pytest.raises(PipelineError, match="train_flip"):
+        train(tiny_params(epochs=1, flip=True), paths_in(tmp_path / "missing", no_flip))
+
+
 def test_schedule_warms_up_then_decays_to_min_lr():
     p = tiny_params(lr=1e-3, min_lr=1e-4, warmup_steps=10)
     lrs = [lr_at(s, 100, p.warmup_steps, p.lr, p.min_lr) for s in range(100)]
@@ -210,7 +249,7 @@ def test_compiled_bf16_training_saves_plain_weights_close_to_eager(tmp_path, tok
         ckpt = torch.load(root / "checkpoints/gpt/last.pt", map_location="cpu", weights_only=True)
         assert not [k for k in ckpt["model"] if "_orig_mod" in k]
         runs[compiled] = (json.loads((root / "metrics/train.json").read_text()), load_gpt(root / "models/gpt"))
-    assert runs[True][0]["test_nll"] == pytest.approx(runs[False][0]["test_nll"], abs=1e-4)
+    assert runs[True][0]["val_nll"] == pytest.approx(runs[False][0]["val_nll"], abs=1e-4)
     # The 4 AdamW steps move every weight by ~1.8e-3; compiled and eager agree to ~3e-5, except the qkv
     # biases (~5e-4): their gradients are near zero, and Adam scales the rounding noise up to lr.
     for (name, eager), compiled in zip(runs[False][1].state_dict().items(), runs[True][1].state_dict().values()):

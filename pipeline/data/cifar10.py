@@ -1,10 +1,15 @@
-"""CIFAR-10 from torchvision or a local copy, validated, into one HDF5 file.
+"""CIFAR-10 from torchvision or a local copy, validated, with a held-out validation split, into one HDF5 file.
 
 Layout of the output (read back with `read_split`):
     train/images  uint8 (N, 32, 32, 3)   RGB, NHWC
     train/labels  uint8 (N,)             0..9
-    test/images, test/labels             the same
-    attrs: classes (10 names), source, source_sha256 (local files)
+    train/source_index  int64 (N,)       position of each image in the source's training set
+    val/images, val/labels, val/source_index   the validation split: a seeded, class-balanced part of
+                                          the source's training set, disjoint from train
+    test/images, test/labels             the source's test set, in its order
+    attrs: classes (10 names), source, source_sha256 (local files), val_size, val_seed
+
+Model selection (epochs, defaults, hyper-parameters) reads val; only the evaluate stage reads test.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from pipeline.core.hashing import sha256_file
 log = logging.getLogger(__name__)
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-SPLITS = ("train", "test")
+SOURCE_SPLITS = ("train", "test")  # what a CIFAR-10 source holds
+SPLITS = ("train", "val", "test")  # what the raw file holds
 IMAGE_SHAPE = (32, 32, 3)
 CHUNK_IMAGES = 1024  # ~3 MiB chunks: large sequential reads, cheap random batches
 
@@ -97,7 +103,7 @@ def _from_torchvision(root: Path, download: bool) -> Cifar10:
     from torchvision.datasets import CIFAR10
 
     splits = {}
-    for split in SPLITS:
+    for split in SOURCE_SPLITS:
         try:
             ds = CIFAR10(root=str(root), train=split == "train", download=download)
         except RuntimeError as e:  # torchvision: "Dataset not found or corrupted."
@@ -110,7 +116,7 @@ def _from_torchvision(root: Path, download: bool) -> Cifar10:
 def validate(data: Cifar10, expect: dict[str, int | None]) -> Cifar10:
     """Check shapes, dtypes, label range and counts; return labels as uint8."""
     out = {}
-    for split in SPLITS:
+    for split in SOURCE_SPLITS:
         s: Split = getattr(data, split)
         x, y = s.images, np.asarray(s.labels)
         where = f"{data.source} ({split})"
@@ -134,19 +140,48 @@ def validate(data: Cifar10, expect: dict[str, int | None]) -> Cifar10:
     return Cifar10(out["train"], out["test"], data.classes, data.source, data.source_sha256)
 
 
-def write_h5(data: Cifar10, target: str | Path) -> None:
-    """Write the validated data set to `target` atomically."""
+def hold_out(train: Split, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, val indices) into `train`: val_size / 10 images of every class, drawn with a
+    numpy Generator seeded with `seed`; both sorted, so each split keeps the source's order."""
+    n_classes = len(CLASSES)
+    if val_size % n_classes:
+        raise DataError(f"download.val_size = {val_size} must be a multiple of {n_classes} (the same number per class)")
+    per_class = val_size // n_classes
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in range(n_classes):
+        members = np.flatnonzero(train.labels == c)
+        if len(members) <= per_class:
+            raise DataError(
+                f"download.val_size = {val_size} asks for {per_class} images of class {c} ({CLASSES[c]}), but the "
+                f"training set has {len(members)}; lower download.val_size"
+            )
+        val.append(rng.choice(members, per_class, replace=False))
+    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    return np.setdiff1d(np.arange(len(train.labels)), val_idx), val_idx
+
+
+def write_h5(data: Cifar10, target: str | Path, val_size: int, val_seed: int) -> dict[str, int]:
+    """Write train / val (held out of the source's train, `hold_out`) / test to `target` atomically;
+    return the number of images per split."""
+    train_idx, val_idx = hold_out(data.train, val_size, val_seed)
+    splits = {
+        "train": (data.train.images[train_idx], data.train.labels[train_idx], train_idx),
+        "val": (data.train.images[val_idx], data.train.labels[val_idx], val_idx),
+        "test": (data.test.images, data.test.labels, None),
+    }
     with atomic_path(target) as tmp:
         with h5py.File(tmp, "w") as f:
-            for split in SPLITS:
-                s: Split = getattr(data, split)
+            for split, (images, labels, index) in splits.items():
                 g = f.create_group(split)
-                n = len(s.images)
-                g.create_dataset("images", data=s.images, chunks=(max(1, min(n, CHUNK_IMAGES)), *IMAGE_SHAPE))
-                g.create_dataset("labels", data=s.labels)
-            f.attrs["classes"] = list(data.classes)
-            f.attrs["source"] = data.source
-            f.attrs["source_sha256"] = data.source_sha256
+                n = len(images)
+                g.create_dataset("images", data=images, chunks=(max(1, min(n, CHUNK_IMAGES)), *IMAGE_SHAPE))
+                g.create_dataset("labels", data=labels)
+                if index is not None:
+                    g.create_dataset("source_index", data=index.astype(np.int64))
+            f.attrs.update(classes=list(data.classes), source=data.source, source_sha256=data.source_sha256,
+                           val_size=val_size, val_seed=val_seed)  # fmt: skip
+    return {split: len(images) for split, (images, _, _) in splits.items()}
 
 
 def read_split(path: str | Path, split: str) -> Split:

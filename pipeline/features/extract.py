@@ -28,6 +28,7 @@ from pipeline.data import cifar10
 from pipeline.core.atomic import atomic_path
 from pipeline.core.images import to_float_nchw
 from pipeline.features.encoders import Encoder, build_encoder, check_layers, default_layers
+from pipeline.features.files import FLIP
 from pipeline.core.errors import PipelineError
 from pipeline.params import ExtractParams
 from pipeline.core.progress import Eta
@@ -185,7 +186,7 @@ def _standardize_in_place(dset: h5py.Dataset, mean: np.ndarray, std: np.ndarray)
 
 def _check_finite(feats: torch.Tensor, split: str) -> None:
     # float16 tops out at 65504; an encoder with larger activations must be standardised on the fly.
-    # One pass (isfinite + abs().max() took ~20x as long): NaN propagates into min/max and fails the test.
+    # One pass (cheaper than isfinite + abs().max()): NaN propagates into min/max and fails the test.
     low, high = torch.aminmax(feats)
     if not -60000 <= low.item() <= high.item() <= 60000:
         raise PipelineError(f"{split}: encoder features are non-finite or exceed the float16 range of features.h5")
@@ -309,6 +310,8 @@ def run_extract(p: ExtractParams, raw: str | Path, target: str | Path, pretraine
         raise PipelineError("extract.standardize must be false for encoder 'pixels' (its features are RGB in [0, 1])")
     device = resolve_device(p.device)
     splits = {split: cifar10.read_split(raw, split) for split in cifar10.SPLITS}
+    if p.flip:  # augmentation: the mirrored train images through the same encoder (grids are not flip-equivariant)
+        splits[FLIP] = cifar10.Split(np.ascontiguousarray(splits["train"].images[:, :, ::-1]), splits["train"].labels)
     log.info("extract: %s layers %s -> %dx%d grid at input %d px on %s (%s), %d train + %d test images",
              encoder.name, list(spec.layers), p.grid, p.grid, p.input_size, device, p.precision,
              len(splits["train"].images), len(splits["test"].images))

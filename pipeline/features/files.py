@@ -2,7 +2,9 @@
 
 Layout:
     train/features  float16 (N, grid, grid, C), chunked    train/labels uint8 (N,)
-    test/features, test/labels                             the same
+    val/features, val/labels; test/features, test/labels   the same, for the raw file's other splits
+    train_flip/features, train_flip/labels                 optional (extract.flip): the train images
+                                                           mirrored left-right, in train's order
     stats/mean, stats/std  float32 (C,)                    only when standardized (fitted on train)
     attrs: encoder, layers, grid, input_size, pool, standardized, weights_sha256, normalization, and
            how the numbers were computed (precision, device type, conv-bn fusion, channels, torch version)
@@ -19,7 +21,8 @@ import numpy as np
 from pipeline.core.artifacts import open_h5, rerun
 from pipeline.core.errors import PipelineError
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
+FLIP = "train_flip"  # optional: the mirrored train images (augmentation)
 FEATURE_DTYPES = (np.float16, np.float32)
 REQUIRED_ATTRS = ("encoder", "layers", "grid", "input_size", "pool", "standardized")
 
@@ -33,6 +36,11 @@ class FeatureLayout:
     counts: dict[str, int]  # images per split
 
 
+def present_splits(f: h5py.File) -> tuple[str, ...]:
+    """The splits an open features.h5 holds: SPLITS, plus FLIP when extract.flip wrote it."""
+    return SPLITS + ((FLIP,) if FLIP in f else ())
+
+
 def check_features(f: h5py.File, path: str | Path) -> FeatureLayout:
     """Validate an open features.h5 against the contract; a mismatch names the file and the fix."""
     fix = rerun("extract")
@@ -41,10 +49,10 @@ def check_features(f: h5py.File, path: str | Path) -> FeatureLayout:
         return PipelineError(f"{path}: {problem}; {fix}")
 
     shapes = {}
-    for split in SPLITS:
+    for split in present_splits(f):
         for name in ("features", "labels"):
             if f"{split}/{name}" not in f:
-                raise bad(f"missing dataset {split}/{name} (expected train/ and test/ features and labels)")
+                raise bad(f"missing dataset {split}/{name} (expected features and labels of {', '.join(SPLITS)})")
         feats, labels = f[f"{split}/features"], f[f"{split}/labels"]
         if feats.ndim != 4 or feats.shape[0] == 0:
             raise bad(f"{split}/features has shape {feats.shape}, expected a non-empty (N, H, W, C) grid")
@@ -53,8 +61,11 @@ def check_features(f: h5py.File, path: str | Path) -> FeatureLayout:
         if labels.shape != feats.shape[:1] or labels.dtype != np.uint8:
             raise bad(f"{split}/labels is {labels.dtype} {labels.shape}, expected uint8 ({feats.shape[0]},)")
         shapes[split] = feats.shape
-    if shapes["train"][1:] != shapes["test"][1:]:
-        raise bad(f"train features are (H, W, C) = {shapes['train'][1:]} but test are {shapes['test'][1:]}")
+    for split, shape in shapes.items():
+        if shape[1:] != shapes["train"][1:]:
+            raise bad(f"train features are (H, W, C) = {shapes['train'][1:]} but {split} are {shape[1:]}")
+    if FLIP in shapes and shapes[FLIP][0] != shapes["train"][0]:
+        raise bad(f"{FLIP} holds {shapes[FLIP][0]} images, train {shapes['train'][0]}; they must pair up")
     _, h, w, c = shapes["train"]
     missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
     if missing:
@@ -62,7 +73,7 @@ def check_features(f: h5py.File, path: str | Path) -> FeatureLayout:
     grid = f.attrs.get("grid")
     if grid is None or not (int(grid) == h == w):
         raise bad(f"attribute grid = {grid} does not match the feature grid {h} x {w}")
-    return FeatureLayout(str(f.attrs["encoder"]), h, w, c, {s: shapes[s][0] for s in SPLITS})
+    return FeatureLayout(str(f.attrs["encoder"]), h, w, c, {s: n[0] for s, n in shapes.items()})
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,12 @@ def bits_per_image(nats_per_token: float, tokens_per_image: int) -> float:
     return nats_per_token * tokens_per_image / math.log(2)
 
 
-def nll_metrics(nll: float, tokens_per_image: int) -> dict[str, float]:
-    """A test NLL (nats/token) with its bits/token and bits/image."""
+def nll_metrics(nll: float, tokens_per_image: int, split: str) -> dict[str, float]:
+    """A split's NLL (nats/token) with its bits/token and bits/image."""
     return {
-        "test_nll": nll,
-        "test_bits_per_token": nll / math.log(2),
-        "test_bits_per_image": bits_per_image(nll, tokens_per_image),
+        f"{split}_nll": nll,
+        f"{split}_bits_per_token": nll / math.log(2),
+        f"{split}_bits_per_image": bits_per_image(nll, tokens_per_image),
     }
 
 

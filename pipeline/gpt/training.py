@@ -3,7 +3,14 @@
 One code path for 1 process and for `torchrun --nproc_per_node=N` (NCCL on GPU, gloo on CPU):
 `batch_size` is the GLOBAL batch, split evenly over ranks; rank 0 alone writes files.
 
-Determinism: the initial weights, the shuffle (DistributedSampler), label dropout and every rank's
+Model selection: after every epoch the NLL of the validation split is measured; the saved model is
+the epoch with the lowest one (train.json says which and why), while the resume checkpoint holds the
+last epoch (and the best one so far). The test split is never read here.
+
+Augmentation (train.flip): every epoch each image is drawn either as it is or as the tokens of its
+mirror image (the `train_flip` split, made by extract + codebook), with probability 1/2.
+
+Determinism: the initial weights, the flips, the shuffle (DistributedSampler), label dropout and every rank's
 dropout RNG are derived from (seed, epoch[, rank]) inside a forked RNG (the caller's generators are
 left as they were), so a run resumed from an epoch checkpoint (`core.checkpoint`: same params, tokens
 and code) replays exactly what the uninterrupted run would have done, whatever the number of processes.
@@ -137,7 +144,8 @@ def train(
     not resumed. `slow_hint` is logged when the up-front estimate is long."""
     meta = tok.read_meta(paths.tokens)
     train_split = tok.read_split(paths.tokens, "train", meta)
-    test_split = tok.read_split(paths.tokens, "test", meta)
+    val_split = tok.read_split(paths.tokens, "val", meta)
+    flipped = _flipped_tokens(paths.tokens, meta, train_split) if p.flip else None
     cfg = model_config(p, meta)
     with ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []))
@@ -150,7 +158,7 @@ def train(
         fingerprint = run_fingerprint(params, {"tokens": sha256_file(paths.tokens)}, code)
         ckpt = Checkpoint(paths.checkpoints, fingerprint, "train")
 
-        start_epoch, step, history = 0, 0, []
+        start_epoch, step, history, best = 0, 0, [], None
         state = ckpt.load() if info.main else None
         if info.world > 1:  # rank 0 alone reads it (the directory may be local to its node)
             box = [state]
@@ -159,7 +167,7 @@ def train(
         if state is not None:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
-            start_epoch, step, history = state["epoch"], state["step"], state["history"]
+            start_epoch, step, history, best = state["epoch"], state["step"], state["history"], state["best"]
 
         if info.world > 1:
             net = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
@@ -169,10 +177,11 @@ def train(
             net = torch.compile(net)  # weights stay on `model`: no _orig_mod. prefix in saved files
         if info.main:
             log.info(
-                "GPT %.2fM params, vocab %d, %d slots; %d train / %d test sequences; %d steps/epoch x %d epochs; "
+                "GPT %.2fM params, vocab %d, %d slots; %d train (%s) / %d val sequences; %d steps/epoch x %d epochs; "
                 "global batch %d over %d process(es) on %s",
                 model.num_params() / 1e6, cfg.vocab_size, cfg.block_size, len(train_split.tokens),
-                len(test_split.tokens), batches.steps, p.epochs, p.batch_size, info.world, info.device,
+                "+ mirrored" if p.flip else "as they are", len(val_split.tokens), batches.steps, p.epochs,
+                p.batch_size, info.world, info.device,
             )
 
         tokens_per_step = p.batch_size * cfg.block_size
@@ -182,6 +191,10 @@ def train(
             torch.manual_seed(_seed(p.seed, epoch, 1 + info.rank))  # dropout RNG, per rank
             drop = torch.rand(len(train_split.tokens), generator=torch.Generator().manual_seed(_seed(p.seed, epoch, 0)))
             drop = drop < p.label_dropout  # per sequence, so it does not depend on the rank split
+            codes_epoch = train_split.tokens
+            if flipped is not None:  # per sequence too: the image or its mirror, half and half
+                mirror = torch.rand(len(codes_epoch), generator=torch.Generator().manual_seed(_seed(p.seed, epoch, 2)))
+                codes_epoch = torch.where((mirror < 0.5)[:, None], flipped, codes_epoch)
             model.train()
             loss_sum, t0 = torch.zeros((), device=info.device), time.perf_counter()
             bar = tqdm(batches.epoch(epoch), desc=f"epoch {epoch + 1}/{p.epochs}", disable=not info.main, leave=False)
@@ -189,7 +202,7 @@ def train(
                 lr = lr_at(step, total_steps, p.warmup_steps, p.lr, p.min_lr)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                codes = train_split.tokens[idx].to(info.device, non_blocking=True)
+                codes = codes_epoch[idx].to(info.device, non_blocking=True)
                 labels = train_split.labels[idx].to(info.device, non_blocking=True)
                 prefix = cfg.prefix(labels, len(idx), info.device)
                 prefix = torch.where(drop[idx].to(info.device), cfg.null_token, prefix)
@@ -210,15 +223,18 @@ def train(
             train_time += time.perf_counter() - t0
             epochs_here += 1
             train_loss = _all_reduce([loss_sum.item() / batches.steps], info)[0] / info.world
-            test_nll = mean_nll(model, test_split, 2 * batches.local, info.device, p.precision, info.rank, info.world)
-            history.append({"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_nll})
+            val_nll = mean_nll(model, val_split, 2 * batches.local, info.device, p.precision, info.rank, info.world)
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_nll})
+            if best is None or val_nll < best["val_nll"]:
+                best = {"epoch": epoch + 1, "val_nll": val_nll,
+                        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}  # fmt: skip
             if info.main:
                 log.info(
-                    "epoch %d/%d: train %.4f, test %.4f nats/token (%.1f bits/image), %.0f tokens/s",
-                    epoch + 1, p.epochs, history[-1]["train_loss"], test_nll, bits_per_image(test_nll, cfg.block_size),
-                    batches.steps * tokens_per_step / (time.perf_counter() - t0),
+                    "epoch %d/%d: train %.4f, val %.4f nats/token (%.1f bits/image; best: epoch %d), %.0f tokens/s",
+                    epoch + 1, p.epochs, history[-1]["train_loss"], val_nll, bits_per_image(val_nll, cfg.block_size),
+                    best["epoch"], batches.steps * tokens_per_step / (time.perf_counter() - t0),
                 )
-                ckpt.save({"epoch": epoch + 1, "step": step, "history": history,
+                ckpt.save({"epoch": epoch + 1, "step": step, "history": history, "best": best,
                            "model": model.state_dict(), "optimizer": opt.state_dict()})  # fmt: skip
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
@@ -226,39 +242,54 @@ def train(
     if info.main:  # every declared output, also when all epochs came from the checkpoint
         tokens_per_s = epochs_here * batches.steps * tokens_per_step / train_time if train_time else 0.0
         _write_plots(history, paths.plots)
-        _write_outputs(model, p, meta, paths, history, tokens_per_s, info)
+        model.load_state_dict(best["model"])
+        _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info)
     return model
 
 
 def _write_plots(history: list[dict], plots: Path) -> None:
-    keys = ("epoch", "train_loss", "test_loss")
+    keys = ("epoch", "train_loss", "val_loss")
     write_csv(plots / "train_loss.csv", keys, [[h[k] for k in keys] for h in history])
     fig = Figure(figsize=(5, 3.5))
     ax = fig.add_subplot()
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax.plot(epochs, [h["test_loss"] for h in history], "s-", label="test")
+    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
     ax.set(xlabel="epoch", ylabel="NLL (nats/token)", title="GPT loss per epoch")
     ax.legend()
     ax.grid(True, alpha=0.3)
     save_png(fig, plots / "train_loss.png")
 
 
-def _write_outputs(model, p, meta, paths, history, tokens_per_s, info) -> None:
-    last = history[-1]
-    nll = nll_metrics(last["test_loss"], model.cfg.block_size)
+def _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info) -> None:
+    """The best epoch's model (already loaded into `model`), and train.json saying which and why."""
+    at_best = history[best["epoch"] - 1]
     save_gpt(model, paths.model_dir, {
         "classes": list(meta.classes), "encoder": meta.encoder, "codebook_sha256": meta.codebook_sha256,
-        "train": p.model_dump(),
+        "train": p.model_dump(), "epoch": best["epoch"],
     })  # fmt: skip
-    write_json(paths.metrics, {
-        "train_loss": last["train_loss"],
-        **nll,
+    metrics = {
+        "best_epoch": best["epoch"],
+        "selection": "the saved model is the epoch with the lowest validation NLL",
+        **nll_metrics(best["val_nll"], model.cfg.block_size, "val"),
+        "train_loss": at_best["train_loss"],
         "epochs": len(history),
+        "last_val_nll": history[-1]["val_loss"],
         "params": model.num_params(),
         # throughput of the epochs run by this process (0 when all came from a checkpoint)
         "train_tokens_per_s": tokens_per_s,
         "world_size": info.world,
         "device": str(info.device),
-    })
-    log.info("wrote %s, %s (test %.1f bits/image)", paths.model_dir, paths.metrics, nll["test_bits_per_image"])
+    }
+    write_json(paths.metrics, metrics)
+    log.info("saved epoch %d of %d (lowest validation NLL %.4f nats/token = %.1f bits/image) -> %s, %s",
+             best["epoch"], len(history), best["val_nll"], metrics["val_bits_per_image"], paths.model_dir,
+             paths.metrics)  # fmt: skip
+
+
+def _flipped_tokens(path: Path, meta: tok.TokenMeta, train: tok.TokenSplit) -> torch.Tensor:
+    """The token grids of the mirrored train images, row for row with `train`."""
+    flipped = tok.read_split(path, tok.FLIP, meta)
+    if not torch.equal(flipped.labels, train.labels):
+        raise PipelineError(f"{path}: {tok.FLIP} does not pair up with train; {tok.FIX}")
+    return flipped.tokens

@@ -51,7 +51,7 @@ from pipeline.tokenizer.palette import palette_decode
 
 log = logging.getLogger(__name__)
 
-CURVE_IMAGES = 1000  # test images decoded after each epoch for the PSNR curve
+CURVE_IMAGES = 1000  # validation images decoded after each epoch for the PSNR curve
 POSTFIX_EVERY = 10  # reading the loss synchronises a GPU: only now and then
 
 
@@ -67,9 +67,9 @@ class DecoderInputs:
     std: np.ndarray | None
     train_tokens: np.ndarray  # uint16 (N, g*g)
     train_images: np.ndarray  # uint8 (N, 32, 32, 3)
-    test_tokens: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
+    val_tokens: np.ndarray  # the validation split: per-epoch curve and the stage's metrics
+    val_images: np.ndarray
+    val_labels: np.ndarray
     input_hashes: dict[str, str]  # file -> sha256: a checkpoint from other inputs is not resumed
 
     @property
@@ -97,7 +97,7 @@ def load_inputs(tokens_path: Path, codebook_path: Path, features_path: Path, raw
             raise PipelineError(f"decoder inputs disagree: {what}; {fix}")
     token_io.check_same_codebook({str(codebook_path): token_io.centroids_sha256(centroids)}, str(tokens_path), meta)
     splits = {}
-    for split in ("train", "test"):
+    for split in ("train", "val"):
         toks = token_io.read_split(tokens_path, split, meta)
         raw = cifar10.read_split(raw_path, split)
         token_io.check_aligned(toks, raw.images, raw.labels, tokens_path, raw_path, split)
@@ -106,7 +106,7 @@ def load_inputs(tokens_path: Path, codebook_path: Path, features_path: Path, raw
         centroids=torch.from_numpy(centroids).float(), codebook_sha256=meta.codebook_sha256,
         encoder=meta.encoder, layers=info.layers, grid=grid, feature_attrs=info.attrs,
         mean=mean, std=info.std, train_tokens=splits["train"][0], train_images=splits["train"][1].images,
-        test_tokens=splits["test"][0], test_images=splits["test"][1].images, test_labels=splits["test"][1].labels,
+        val_tokens=splits["val"][0], val_images=splits["val"][1].images, val_labels=splits["val"][1].labels,
         input_hashes={str(p): sha256_file(p) for p in (tokens_path, codebook_path, raw_path)},
     )  # fmt: skip
 
@@ -168,7 +168,7 @@ def build_feature_loss(inputs: DecoderInputs, device: torch.device) -> FeatureLo
 @dataclass
 class TrainResult:
     model: InverseCNN
-    history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, test_psnr_db
+    history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, val_psnr_db
     train_seconds: float = 0.0
 
 
@@ -210,7 +210,7 @@ def train_decoder(
 
     tokens = torch.from_numpy(inputs.train_tokens.astype(np.int64)).to(device)
     images = torch.from_numpy(inputs.train_images).to(device)  # uint8 NHWC; converted per batch
-    curve_tokens, curve_images = inputs.test_tokens[:CURVE_IMAGES], inputs.test_images[:CURVE_IMAGES]
+    curve_tokens, curve_images = inputs.val_tokens[:CURVE_IMAGES], inputs.val_images[:CURVE_IMAGES]
     pixel_loss = _pixel_loss(p.pixel_loss)
     use_features = feature_loss is not None and p.perceptual_weight > 0
     eta = Eta("decoder", total_steps - step, "steps", slow_minutes=15, slow_hint=slow_hint)
@@ -245,11 +245,11 @@ def train_decoder(
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
             eta.update(1)
         decoder = TokenDecoder("cnn", config.grid, config.k, model=model)
-        test_psnr = psnr(curve_images, decoder.decode(curve_tokens, p.batch_size, device, precision))
+        val_psnr = psnr(curve_images, decoder.decode(curve_tokens, p.batch_size, device, precision))
         result.train_seconds += time.perf_counter() - t0
-        result.history.append({"epoch": epoch + 1, "train_loss": loss_sum.item() / n, "test_psnr_db": test_psnr})
-        log.info("decoder epoch %d/%d: train loss %.4f, test PSNR %.2f dB (first %d test images)",
-                 epoch + 1, p.epochs, result.history[-1]["train_loss"], test_psnr, len(curve_images))  # fmt: skip
+        result.history.append({"epoch": epoch + 1, "train_loss": loss_sum.item() / n, "val_psnr_db": val_psnr})
+        log.info("decoder epoch %d/%d: train loss %.4f, val PSNR %.2f dB (first %d val images)",
+                 epoch + 1, p.epochs, result.history[-1]["train_loss"], val_psnr, len(curve_images))  # fmt: skip
         ckpt.save({
             "epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "history": result.history, "train_seconds": result.train_seconds,
@@ -267,5 +267,5 @@ def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, colu
 
 
 def write_history_csv(history: list[dict], target: Path) -> None:
-    rows = [(h["epoch"], f"{h['train_loss']:.6f}", f"{h['test_psnr_db']:.4f}") for h in history]
-    write_csv(target, ("epoch", "train_loss", "test_psnr_db"), rows)
+    rows = [(h["epoch"], f"{h['train_loss']:.6f}", f"{h['val_psnr_db']:.4f}") for h in history]
+    write_csv(target, ("epoch", "train_loss", "val_psnr_db"), rows)

@@ -1,6 +1,7 @@
 """The codebook stage's outputs, tokens.h5 and codebook.safetensors: their contracts, writers and readers.
 
-tokens.h5: `train/tokens` uint16 (N, H*W) raster order, `train/labels` uint8 (N,), same under `test/`;
+tokens.h5: `train/tokens` uint16 (N, H*W) raster order, `train/labels` uint8 (N,), the same under `val/`,
+`test/` and (with extract.flip) `train_flip/` (the mirrored train images, row for row);
 attrs `k`, `grid_h`, `grid_w`, `n_classes`, `classes`, `encoder`, `feature_dim`, `codebook_sha256`.
 codebook.safetensors: tensor `centroids` float32 (K, C) in the (standardised) feature space; metadata
 `codebook`: a JSON object saying how it was made.
@@ -26,6 +27,7 @@ from pipeline.core.errors import PipelineError
 
 REQUIRED_ATTRS = ("k", "grid_h", "grid_w", "n_classes", "classes", "encoder", "feature_dim", "codebook_sha256")
 FIX = rerun("codebook")
+FLIP = "train_flip"  # the mirrored train images' tokens (features/files.py FLIP)
 
 
 @dataclass(frozen=True)
