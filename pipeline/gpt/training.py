@@ -19,7 +19,6 @@ and code) replays exactly what the uninterrupted run would have done, whatever t
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from contextlib import ExitStack, contextmanager

@@ -153,13 +153,6 @@ class GridFeatures(nn.Module):
 
 def build_feature_loss(inputs: DecoderInputs, device: torch.device) -> FeatureLoss:
     attrs = inputs.feature_attrs
-    spec = GridSpec(tuple(inputs.layers), inputs.grid, int(attrs["input_size"]), str(attrs.get("pool", "avg")))
-    features = GridFeatures(build_encoder(inputs.encoder), spec)
-    return FeatureLoss(features, inputs.mean, inputs.std).to(device)
-
-
-def build_feature_loss(inputs: DecoderInputs, device: torch.device) -> FeatureLoss:
-    attrs = inputs.feature_attrs
     spec = GridSpec(tuple(inputs.layers), inputs.grid, int(attrs["input_size"]), str(attrs["pool"]))
     features = GridFeatures(build_encoder(inputs.encoder), spec)
     return FeatureLoss(features, inputs.mean, inputs.std).to(device)

@@ -14,7 +14,6 @@ its input normalisation and the sha256 of its weights (recorded in features.h5).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
