@@ -3,16 +3,71 @@
 A stage killed half-way leaves either the previous artifact or nothing, never a half-written file
 that DVC would cache. os.replace is atomic on POSIX when source and target share a filesystem, which
 a sibling temp path guarantees.
+
+The temporary sibling of `name` is `.<name>.<pid>.tmp`. A process killed with SIGKILL cannot remove
+its own, so every atomic write first removes the temporaries in its folder whose process is gone
+(`remove_stale_temps`; a training run does the same for its checkpoint folder when it opens it), and
+`.dvcignore` keeps DVC from ever hashing or caching one, also while its writer is still running.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from pipeline.core.errors import PipelineError
+
+TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp$")  # .<name>.<pid>.tmp (the .dvcignore pattern)
+
+
+def temp_path(target: Path, pid: int | None = None) -> Path:
+    """The temporary sibling that process `pid` (default: this one) writes `target` through."""
+    return target.with_name(f".{target.name}.{os.getpid() if pid is None else pid}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove the temporaries in `folder` of processes that no longer run (a killed stage's); return them.
+
+    Temporaries of live processes (a concurrent writer) are left alone. Pids are this machine's: run
+    one pipeline per checkout, not one per machine on a shared filesystem.
+    """
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = TEMP_NAME.match(entry.name)
+        if match and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])):
+            _remove(entry)
+            removed.append(entry)
+    return removed
+
+
+def writable_folder(folder: Path) -> Path:
+    """Create `folder` if needed; a folder that cannot be created or written is a PipelineError naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except PermissionError as e:
+        raise PipelineError(f"{e.filename or folder}: permission denied creating {folder}; make it writable "
+                            "(chmod u+w) or run from a checkout you own") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PipelineError(f"{folder}: folder is not writable; make it writable (chmod u+w {folder}) "
+                            "or run from a checkout you own")
+    return folder
 
 
 @contextmanager
@@ -20,11 +75,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `target`; on success rename it to `target`.
 
     Works for files and directories. On any exception the temporary path is removed and `target`
-    is left untouched.
+    is left untouched. Stale temporaries of killed processes in the same folder are removed first.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    remove_stale_temps(writable_folder(target.parent))
+    tmp = temp_path(target)
     _remove(tmp)
     try:
         yield tmp

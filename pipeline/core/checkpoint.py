@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.atomic import atomic_path
+from pipeline.core.atomic import atomic_path, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,12 @@ class Checkpoint:
             torch.save({"fingerprint": self.fingerprint, **state}, tmp)
 
     def load(self) -> dict | None:
-        """The saved state if this exact run (params, inputs, code) wrote it, else None."""
+        """The saved state if this exact run (params, inputs, code) wrote it, else None.
+
+        Opening the folder removes the half-written checkpoints of killed runs first: a run resumed at
+        its last epoch writes no new checkpoint, and DVC caches what the (persist) folder holds."""
+        for stale in remove_stale_temps(self.path.parent):
+            log.info("%s: removed %s, left by a killed run", self.what, stale)
         if not self.path.is_file():
             return None
         try:
