@@ -29,7 +29,9 @@ class ParamsError(PipelineError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML `true` is no epoch count and `1` no switch (lax pydantic would take them as 1 and True);
+    # an integer is still a valid float (`-S train.lr=1`).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DownloadParams(Section):
