@@ -21,6 +21,7 @@ from torch import nn
 
 from pipeline.core.hashing import sha256_file
 from pipeline.features.encoders import cifar_resnet
+from pipeline.features.encoders.hub import verified_weights
 from pipeline.core.errors import PipelineError
 
 IMAGENET = (cifar_resnet.IMAGENET_MEAN, cifar_resnet.IMAGENET_STD)
@@ -85,27 +86,13 @@ def _cifar_resnet(depth: int) -> Callable[[bool], Encoder]:
             model.named_stages(),
             *IMAGENET,
             normalization=f"imagenet mean/std: (x - {IMAGENET[0]}) / {IMAGENET[1]}",
-            weights_sha256=cifar_resnet.weights_sha256(depth) if pretrained else "random-init",
+            weights_sha256=model.weights_sha256,
         )
 
     return build
 
 
 # --- torchvision ImageNet CNNs --------------------------------------------------------------------
-
-
-def _torchvision_weights(weights) -> str:
-    """sha256 of torchvision `weights`, loading them into the hub cache first (clear error when offline)."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not path.is_file():
-        try:
-            torch.hub.load_state_dict_from_url(weights.url, check_hash=True, weights_only=True)
-        except OSError as e:
-            raise PipelineError(
-                f"extract.encoder: cannot get the ImageNet weights {path.name} ({e}); put the file in "
-                f"{path.parent} (TORCH_HOME/hub/checkpoints) or run online"
-            ) from None
-    return sha256_file(path)
 
 
 def _resnet_pieces(m) -> list[tuple[str, nn.Module]]:
@@ -134,7 +121,7 @@ def _torchvision(arch: str, weights_enum: str, pieces: Callable) -> Callable[[bo
         import torchvision.models as tvm
 
         weights = getattr(tvm, weights_enum).DEFAULT
-        sha = _torchvision_weights(weights) if pretrained else "random-init"
+        sha = verified_weights(weights.url)[1] if pretrained else "random-init"  # then loaded from the cache
         model = getattr(tvm, arch)(weights=weights if pretrained else None)
         return Encoder(
             arch, pieces(model), *IMAGENET,

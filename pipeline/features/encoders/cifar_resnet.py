@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.errors import PipelineError
+from pipeline.features.encoders.hub import verified_weights
 
 URL_BASE = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
-# depth -> (checkpoint file, full sha256); the 8 hex digits in the name are the hash prefix that
-# check_hash verifies, the full digest is recorded in features.h5.
+# depth -> (checkpoint file, full sha256 of the published file); the 8 hex digits in the name are the
+# prefix torch.hub checks on download. Every load checks the full digest (encoders/hub.py).
 CHECKPOINTS = {
     20: ("resnet20-12fca82f.th", "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8"),
     32: ("resnet32-d509ac18.th", "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850"),
@@ -64,6 +65,7 @@ class CifarResNet(nn.Module):
         self.layer2 = self._stage(16, 32, n, stride=2)
         self.layer3 = self._stage(32, 64, n, stride=2)
         self.linear = nn.Linear(64, num_classes)
+        self.weights_sha256 = "random-init"  # the real sha256 of the weights file, once loaded
         # Buffers (not in the checkpoint): excluded from the state dict so strict loading works.
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -92,31 +94,22 @@ class CifarResNet(nn.Module):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def load_state_dict(depth: int) -> dict[str, torch.Tensor]:
-    """The pretrained checkpoint for `depth` from the torch hub cache (downloads if absent and online)."""
+def load_state_dict(depth: int) -> tuple[dict[str, torch.Tensor], str]:
+    """The pretrained checkpoint for `depth` and its file's sha256, from the torch hub cache (downloaded
+    if absent and online), verified against the published hash before it is loaded."""
     if depth not in CHECKPOINTS:
         raise PipelineError(f"CIFAR ResNet depth {depth} has no pretrained weights; choose one of {sorted(CHECKPOINTS)}")
-    name, _ = CHECKPOINTS[depth]
-    try:
-        ckpt = torch.hub.load_state_dict_from_url(
-            URL_BASE + name, map_location="cpu", check_hash=True, weights_only=True
-        )
-    except OSError as e:  # URLError is an OSError: offline and not cached
-        raise PipelineError(
-            f"cannot get {name} ({e}); set TORCH_HOME to a folder whose hub/checkpoints/ holds it "
-            f"(e.g. TORCH_HOME=../shared/torch-home) or go online"
-        ) from None
+    name, sha256 = CHECKPOINTS[depth]
+    path, actual = verified_weights(URL_BASE + name, sha256)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     state = ckpt["state_dict"] if "state_dict" in ckpt else ckpt
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}, actual
 
 
 def load_cifar_resnet(depth: int = 20) -> CifarResNet:
-    """Pretrained CIFAR-10 ResNet-`depth`, eval mode, frozen."""
+    """Pretrained CIFAR-10 ResNet-`depth`, eval mode, frozen; `weights_sha256` is its file's hash."""
     model = CifarResNet(depth)
-    model.load_state_dict(load_state_dict(depth), strict=True)
+    state, model.weights_sha256 = load_state_dict(depth)
+    model.load_state_dict(state, strict=True)
     model.eval().requires_grad_(False)
     return model
-
-
-def weights_sha256(depth: int) -> str:
-    return CHECKPOINTS[depth][1]
