@@ -23,6 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from pipeline.core.artifacts import open_h5, rerun
 from pipeline.core.atomic import atomic_path
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import sha256_file
@@ -34,6 +35,11 @@ SOURCE_SPLITS = ("train", "test")  # what a CIFAR-10 source holds
 SPLITS = ("train", "val", "test")  # what the raw file holds
 IMAGE_SHAPE = (32, 32, 3)
 CHUNK_IMAGES = 1024  # ~3 MiB chunks: large sequential reads, cheap random batches
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+LOCAL_SOURCE_HINT = (
+    "point download.source at a local copy, a .npz with x_train, y_train, x_test, y_test or an extracted "
+    "cifar-10-batches-py folder: set it in params.yaml or run `dvc exp run -S download.source=/path/to/cifar10.npz`"
+)
 
 
 class DataError(PipelineError):
@@ -71,17 +77,28 @@ def load_source(source: str, cache_dir: str | Path) -> Cifar10:
 
 
 def _from_npz(path: Path) -> Cifar10:
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == np.lib.format.MAGIC_PREFIX:
+        raise DataError(f"{path}: a .npy file holds one array; download.source must be a .npz with x_train, "
+                        "y_train, x_test, y_test (np.savez), or a cifar-10-batches-py folder")
+    if magic[:2] == b"\x1f\x8b":
+        raise DataError(f"{path}: a gzip archive; extract it (tar xzf) and set download.source to the "
+                        "cifar-10-batches-py folder inside, or to a .npz")
     try:
         with np.load(path, allow_pickle=False) as z:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
+            missing = set(NPZ_ARRAYS) - set(z.files)
             if missing:
                 raise DataError(f"{path}: missing arrays {sorted(missing)}; expected x_train, y_train, x_test, y_test")
-            arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-            classes = tuple(str(c) for c in z["classes"]) if "classes" in z.files else CLASSES
+            keys = [*NPZ_ARRAYS, *(["classes"] if "classes" in z.files else [])]
+            for key in keys:
+                _refuse_object_array(z, key, path)
+            arrays = {k: z[k] for k in keys}
     except DataError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
         raise DataError(f"{path}: corrupt or truncated .npz ({type(e).__name__}: {e}); re-download or re-create it") from None
+    classes = tuple(str(c) for c in arrays["classes"]) if "classes" in arrays else CLASSES
     return Cifar10(
         train=Split(arrays["x_train"], arrays["y_train"]),
         test=Split(arrays["x_test"], arrays["y_test"]),
@@ -91,11 +108,37 @@ def _from_npz(path: Path) -> Cifar10:
     )
 
 
+def _refuse_object_array(z, key: str, path: Path) -> None:
+    """An object array is stored as a pickle, which is never loaded from a data file: say so (numpy
+    itself would only say that the file cannot be loaded)."""
+    with z.zip.open(f"{key}.npy") as fp:
+        version = np.lib.format.read_magic(fp)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        dtype = header(fp)[2]
+    if dtype.hasobject:
+        fix = "a string array (np.array(names, dtype=str)), or leave it out for the standard names" if key == "classes" \
+            else "a plain numeric array"
+        raise DataError(f"{path}: '{key}' is an object array, stored as a pickle, which is never loaded from a "
+                        f"data file; save it as {fix}")
+
+
 def _from_batches_folder(path: Path) -> Cifar10:
-    # torchvision checks each batch file against the official md5 before it unpickles it, so a
-    # tampered or truncated file is rejected instead of being unpickled.
+    # Each batch file is checked against the official md5 before anything is unpickled, so a tampered
+    # or truncated file is named and rejected instead of being unpickled.
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
     if path.name != "cifar-10-batches-py":
         raise DataError(f"{path}: a local CIFAR-10 folder must be the extracted 'cifar-10-batches-py' folder")
+    official = [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+    bad = [f"{name} ({'missing' if not (path / name).is_file() else 'md5 differs: truncated, corrupted or modified'})"
+           for name, md5 in official if not check_integrity(str(path / name), md5)]
+    if bad:
+        raise DataError(
+            f"{path}: {', '.join(bad)}; the folder must hold the official files unchanged. Extract "
+            f"{CIFAR10.url} again and point download.source at its cifar-10-batches-py folder, or set "
+            "download.source to a .npz (or to torchvision, online)"
+        )
     return _from_torchvision(path.parent, download=False)
 
 
@@ -108,6 +151,12 @@ def _from_torchvision(root: Path, download: bool) -> Cifar10:
             ds = CIFAR10(root=str(root), train=split == "train", download=download)
         except RuntimeError as e:  # torchvision: "Dataset not found or corrupted."
             raise DataError(f"{root / 'cifar-10-batches-py'}: {e} Delete the folder and download again.") from None
+        except PermissionError as e:
+            raise DataError(f"{e.filename or root}: permission denied; make download.cache_dir ({root}) "
+                            "writable or point it elsewhere") from None
+        except OSError as e:  # URLError, timeouts, refused connections: no network
+            raise DataError(f"CIFAR-10 could not be downloaded from {CIFAR10.url} ({type(e).__name__}: {e}). "
+                            f"Offline, {LOCAL_SOURCE_HINT}") from None
         splits[split] = Split(np.asarray(ds.data), np.asarray(ds.targets))
     origin = "torchvision.datasets.CIFAR10" if download else str(root / "cifar-10-batches-py")
     return Cifar10(splits["train"], splits["test"], tuple(ds.classes), origin)
@@ -186,10 +235,7 @@ def write_h5(data: Cifar10, target: str | Path, val_size: int, val_seed: int) ->
 
 def read_split(path: str | Path, split: str) -> Split:
     """Read one split of the raw HDF5 file into memory."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: not found; run the download stage first (dvc repro download)")
-    with h5py.File(path, "r") as f:
-        if split not in f:
-            raise DataError(f"{path}: has no '{split}' group; re-run the download stage")
+    with open_h5(path, "download", "raw CIFAR-10 file") as f:
+        if f"{split}/images" not in f or f"{split}/labels" not in f:
+            raise DataError(f"{path}: has no '{split}' images and labels; {rerun('download')}")
         return Split(f[split]["images"][:], f[split]["labels"][:])

@@ -19,6 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from pipeline.core.artifacts import open_h5, rerun
 from pipeline.core.atomic import atomic_path
 from pipeline.core.images import tile_rows
 from pipeline.core.errors import PipelineError
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 NO_LABEL = 255  # label stored for images of an unconditional model
 GRID_COLUMNS = 10  # images per row of the sample grid
 GAP = 2  # white pixels between grid tiles
-FIX = "re-run the sample stage (dvc repro sample)"
+FIX = rerun("sample")
 
 
 def sample_labels(cfg: GPTConfig, n_per_class: int) -> np.ndarray:
@@ -98,9 +99,7 @@ def write_samples(
 
 def read_samples(path: str | Path) -> Samples:
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: samples not found; run the sample stage (dvc repro sample)")
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "sample", "samples") as f:
         missing = [d for d in ("tokens", "labels", "images") if d not in f]
         if missing or "conditional" not in f.attrs:
             raise PipelineError(f"{path}: datasets {missing} or attrs missing; {FIX}")
