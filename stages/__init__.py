@@ -6,9 +6,13 @@ import os
 # this only works if set before torch or faiss load libgomp, hence here, first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import typer  # noqa: E402
+
+from pipeline.core.atomic import remove_stale_temps_under  # noqa: E402
+from stages.paths import OUTPUT_ROOTS  # noqa: E402
 
 app = typer.Typer(
     help="CNN-token image GPT on CIFAR-10. Each sub-command is one DVC stage (see dvc.yaml).",
@@ -23,3 +27,7 @@ PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file 
 @app.callback()
 def _group() -> None:
     """Run one stage of the pipeline; `dvc repro` runs them in order."""
+    # A stage killed with SIGKILL (or the dvc running it) leaves its temporaries; whichever stage runs
+    # next removes them, wherever they are (DVC may restore the killed stage from its run cache).
+    for stale in remove_stale_temps_under(*OUTPUT_ROOTS):
+        logging.getLogger("stages").info("removed %s, left by a killed run", stale)

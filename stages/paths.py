@@ -14,3 +14,4 @@ SAMPLES = Path("data/samples/samples.h5")
 SAMPLE_GRID = Path("data/samples/grid.png")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
+OUTPUT_ROOTS = (Path("data"), METRICS, PLOTS)  # every output lives under one of these

@@ -6,8 +6,9 @@ a sibling temp path guarantees.
 
 The temporary sibling of `name` is `.<name>.<pid>.tmp`. A process killed with SIGKILL cannot remove
 its own, so every atomic write first removes the temporaries in its folder whose process is gone
-(`remove_stale_temps`; a training run does the same for its checkpoint folder when it opens it), and
-`.dvcignore` keeps DVC from ever hashing or caching one, also while its writer is still running.
+(`remove_stale_temps`), a training run does the same for its checkpoint folder when it opens it, and
+every stage starts by sweeping the pipeline's output folders (stages/__init__.py). `.dvcignore` keeps
+DVC from ever hashing or caching one, also while its writer still runs.
 """
 
 from __future__ import annotations
@@ -57,13 +58,25 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     return removed
 
 
+def remove_stale_temps_under(*roots: str | Path) -> list[Path]:
+    """`remove_stale_temps` in every folder under `roots`: what killed stages left anywhere there."""
+    removed = []
+    for root in roots:
+        for folder, subfolders, _ in os.walk(root):
+            gone = remove_stale_temps(folder)
+            subfolders[:] = [d for d in subfolders if Path(folder, d) not in gone]
+            removed += gone
+    return removed
+
+
 def writable_folder(folder: Path) -> Path:
-    """Create `folder` if needed; a folder that cannot be created or written is a PipelineError naming it."""
+    """Create `folder` if needed; one that cannot be created or written is a PipelineError naming it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except PermissionError as e:
-        raise PipelineError(f"{e.filename or folder}: permission denied creating {folder}; make it writable "
-                            "(chmod u+w) or run from a checkout you own") from None
+        parent = Path(e.filename or folder).parent
+        raise PipelineError(f"{folder}: cannot create this folder, {parent} is not writable; make it writable "
+                            f"(chmod u+w {parent}) or run from a checkout you own") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PipelineError(f"{folder}: folder is not writable; make it writable (chmod u+w {folder}) "
                             "or run from a checkout you own")
