@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REAL_NPZ = SHARED / "data" / "cifar10" / "cifar10.npz"
 TORCH_HOME = SHARED / "torch-home"
+TINY_PROFILE = REPO / "tests" / "profiles" / "tiny.yaml"
 
 requires_real_cifar = pytest.mark.skipif(not REAL_NPZ.is_file(), reason=f"real CIFAR-10 not at {REAL_NPZ}")
 requires_real_weights = pytest.mark.skipif(
@@ -106,6 +107,30 @@ def copy_repo(dest: Path) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
     return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> tuple[Path, str]:
+    """The whole pipeline run once by `dvc repro` on the tiny profile (tests/profiles/tiny.yaml, 200/100
+    synthetic images), shared by the session: (repository, dvc's output). Tests change a `copy_run` of it."""
+    if not (TORCH_HOME / "hub" / "checkpoints").is_dir():
+        pytest.skip(f"pre-trained weights not at {TORCH_HOME}")
+    root = tmp_path_factory.mktemp("tiny-pipeline")
+    repo = copy_repo(root / "repo")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in yaml.safe_load(TINY_PROFILE.read_text()).items():
+        params[section].update(values)
+    params["download"]["source"] = str(write_npz(root / "cifar_tiny.npz", n_train=200, n_test=100))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TORCH_HOME", str(TORCH_HOME))  # the CIFAR ResNet weights, offline
+        output = run(["dvc", "repro"], cwd=repo).stdout
+    return repo, output
+
+
+def copy_run(repo: Path, dest: Path) -> Path:
+    """A copy of a repository with its outputs and DVC cache (e.g. tiny_pipeline's), to change freely."""
+    return Path(shutil.copytree(repo, dest, symlinks=True))
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -6,14 +6,12 @@ artifact without running a stage; `dvc exp run -S train...` re-runs only train a
 `dvc repro --pull` in another fresh clone reaches the same state.
 """
 
-import os
 import re
 import subprocess
 
-import pytest
 import yaml
 
-from conftest import REPO, copy_repo, requires_real_weights, run, write_npz
+from conftest import copy_run, requires_real_weights, run
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 STAGES = ["download", "extract", "codebook", "decoder", "train", "sample", "evaluate"]
@@ -29,23 +27,11 @@ def clone(src, dest):
     return dest
 
 
-@pytest.fixture
-def tiny_project(tmp_path, repo_params, torch_home):  # torch_home: the CIFAR ResNet-20 weights, offline
-    repo = copy_repo(tmp_path / "repo")
-    npz = write_npz(tmp_path / "cifar_tiny.npz", n_train=200, n_test=100)
-    profile = yaml.safe_load((REPO / "tests/profiles/tiny.yaml").read_text())
-    for section, values in profile.items():
-        repo_params[section].update(values)
-    repo_params["download"]["source"] = str(npz)
-    (repo / "params.yaml").write_text(yaml.safe_dump(repo_params, sort_keys=False))
-    return repo
-
-
 @requires_real_weights
-def test_push_pull_and_selective_rerun(tiny_project, tmp_path):
-    repo = tiny_project
-    first = run(["dvc", "repro"], cwd=repo).stdout
+def test_push_pull_and_selective_rerun(tiny_pipeline, tmp_path, torch_home):
+    base, first = tiny_pipeline  # `dvc repro` of the whole pipeline in a fresh copy of the project
     assert ran(first) == set(STAGES)
+    repo = copy_run(base, tmp_path / "repo")
     run(["dvc", "push"], cwd=repo)
     assert (tmp_path / "dvc-storage").is_dir()  # the default remote, next to the clone
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
