@@ -24,8 +24,8 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except PermissionError as e:  # a file or folder this user may not read or write: fixable, not a bug
-        print(f"error: {e.filename}: permission denied ({e.strerror}); make it readable/writable for this user "
-              "or run from a checkout you own", file=sys.stderr)
+        print(f"error: {e.filename or e}: permission denied; make it readable/writable for this user or run "
+              "from a checkout you own", file=sys.stderr)
         sys.exit(2)
 
 

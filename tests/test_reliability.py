@@ -106,7 +106,7 @@ def test_opening_a_checkpoint_folder_removes_half_written_checkpoints(tmp_path):
 
 
 def test_every_stage_starts_by_sweeping_what_killed_stages_left(tmp_path, monkeypatch, capsys):
-    stale = [temp_path(tmp_path / "data/features/features.h5", dead_pid()), temp_path(tmp_path / "metrics/x.json", dead_pid())]
+    stale = [temp_path(tmp_path / out, dead_pid()) for out in ("data/features/features.h5", "metrics/x.json")]
     live = temp_path(tmp_path / "data/tokens/tokens.h5", os.getppid())
     for path in [*stale, live]:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,8 @@ def test_damaged_artifact_names_the_file_and_the_stage_to_rerun(tmp_path, what, 
 def test_stage_with_a_truncated_input_exits_2_naming_it(tmp_path, monkeypatch, capsys):
     write_raw(tmp_path / RAW, 20, 10)
     _truncate(tmp_path / RAW)
-    write_params(tmp_path, extract=dict(encoder="pixels", layers=["rgb"], grid=8, pool="avg", standardize=False, device="cpu"))
+    pixels = dict(encoder="pixels", layers=["rgb"], grid=8, pool="avg", standardize=False, device="cpu")  # no weights
+    write_params(tmp_path, extract=pixels)
     code, err = stage_exit("extract", tmp_path, monkeypatch, capsys)
     assert code == 2 and str(RAW) in err and "dvc repro download" in err and "Traceback" not in err
 
@@ -353,10 +354,12 @@ def test_codebook_stage_twice_writes_the_same_bytes(tmp_path):
     for seed in ("1", "2"):
         folder = tmp_path / f"run{seed}"
         folder.mkdir()
-        write_features(folder / "data/features/features.h5", blob_grids(40, 4, CENTERS, 1)[0], blob_grids(10, 4, CENTERS, 2)[0])
+        train, test = blob_grids(40, 4, CENTERS, 1)[0], blob_grids(10, 4, CENTERS, 2)[0]
+        write_features(folder / "data/features/features.h5", train, test)
         write_params(folder, codebook=dict(k=8, niter=10, sample_size=10_000, max_points_per_centroid=1000, device="cpu"))
         env = venv_env() | {"PYTHONPATH": str(REPO), "PYTHONHASHSEED": seed}
-        subprocess.run([sys.executable, "-m", "stages", "codebook"], cwd=folder, env=env, check=True, capture_output=True)
+        command = [sys.executable, "-m", "stages", "codebook"]
+        subprocess.run(command, cwd=folder, env=env, check=True, capture_output=True)
         runs.append({out: (folder / out).read_bytes() for out in outputs})
     first, second = runs
     assert {out for out in outputs if first[out] != second[out]} <= {"metrics/codebook.json"}
@@ -395,8 +398,8 @@ TIMINGS = {  # keys that hold wall-clock measurements; everything else in these 
 CHECKPOINTS_TIMED = {"data/checkpoints/decoder/last.pt": {"train_seconds"}, "data/checkpoints/gpt/last.pt": set()}
 NOT_BYTE_IDENTICAL = {
     **{path: f"wall-clock timings {sorted(keys)}" for path, keys in TIMINGS.items()},
-    **{path: "torch.save writes a random serialization id into every file" + (f"; and timings {sorted(keys)}" if keys else "")
-       for path, keys in CHECKPOINTS_TIMED.items()},
+    **{path: "torch.save writes a random serialization id into every file"
+       + (f"; and wall-clock timings {sorted(keys)}" if keys else "") for path, keys in CHECKPOINTS_TIMED.items()},
 }  # fmt: skip
 
 
@@ -440,7 +443,8 @@ def assert_clean(repo: Path, cache_before: set[str], stage: str) -> None:
 
 def dvc_killed_at(point: str, args: list[str], repo: Path) -> None:
     """`dvc <args>`, killed -9 (dvc and the stage) at `point` ("<file name>:<before|after>" its rename)."""
-    env = venv_env() | {"KILL_AT": point, "PYTHONPATH": os.pathsep.join(filter(None, [str(KILL_HOOK), os.environ.get("PYTHONPATH")]))}
+    python_path = os.pathsep.join(filter(None, [str(KILL_HOOK), os.environ.get("PYTHONPATH")]))
+    env = venv_env() | {"KILL_AT": point, "PYTHONPATH": python_path}
     proc = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True, start_new_session=True)
     assert proc.returncode == -signal.SIGKILL, f"not killed at {point}:\n{proc.stdout}\n{proc.stderr}"
 

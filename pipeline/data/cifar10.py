@@ -116,8 +116,9 @@ def _refuse_object_array(z, key: str, path: Path) -> None:
         header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         dtype = header(fp)[2]
     if dtype.hasobject:
-        fix = "a string array (np.array(names, dtype=str)), or leave it out for the standard names" if key == "classes" \
-            else "a plain numeric array"
+        fix = "a plain numeric array"
+        if key == "classes":
+            fix = "a string array (np.array(names, dtype=str)), or leave it out for the standard names"
         raise DataError(f"{path}: '{key}' is an object array, stored as a pickle, which is never loaded from a "
                         f"data file; save it as {fix}")
 

@@ -51,8 +51,9 @@ def _download(url: str, path: Path, expected: str) -> None:
         torch.hub.download_url_to_file(url, str(path), hash_prefix=expected or None, progress=True)
     except OSError as e:  # URLError is an OSError: offline
         raise PipelineError(
-            f"{path}: not in the torch hub cache and cannot be downloaded ({e}); put the published {path.name} "
-            f"there, or set TORCH_HOME to a folder whose hub/checkpoints/ holds it (e.g. TORCH_HOME=../shared/torch-home)"
+            f"{path}: not in the torch hub cache and cannot be downloaded ({e}); put the published "
+            f"{path.name} there, or set TORCH_HOME to a folder whose hub/checkpoints/ holds it "
+            "(e.g. TORCH_HOME=../shared/torch-home)"
         ) from None
     except RuntimeError as e:  # torch.hub's hash check of the download
         raise PipelineError(f"{url}: the download does not match its published hash ({e}); try again later") from None
