@@ -2,11 +2,11 @@
 
     TORCH_HOME=../shared/torch-home .venv/bin/python bench/bench_extract.py [--limit N]
 
-product:  pipeline.features.extract.write_features as the stage runs it (conv-bn folded, channels_last, bf16
-          autocast, batch extract.batch_size, HDF5 writes on a background thread)
+product:  pipeline.features.extract.write_features as the stage runs it (conv-bn folded, channels_last, its
+          precision resolved as the stage resolves it, batch extract.batch_size, HDF5 writes on a background thread)
 baseline: the plain loop - unfused encoder, fp32, batch 500, no channels_last, synchronous writes
 Both write the same standardised features.h5 (the extract params of params.yaml, as the stage reads them).
-Also prints ResNet-20 test accuracy fp32 vs the fast bf16 path and the feature differences.
+Also prints ResNet-20 test accuracy fp32 vs the fast path and the feature differences.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from pipeline.features.extract import (
     write_features,
 )
 from pipeline.params import load_params
-from pipeline.core.runtime import autocast, resolve_device, setup_logging
+from pipeline.core.runtime import autocast, resolve_device, resolve_precision
+from stages import setup_logging
 from stages.paths import RAW
 
 
@@ -74,7 +75,7 @@ def compare(a: Path, b: Path, block: int = 5000) -> tuple[float, float]:
     return worst, total / count
 
 
-def interleaved(encoder, images: np.ndarray, spec: GridSpec, device, p, rounds: int = 8) -> tuple[float, float]:
+def interleaved(encoder, images: np.ndarray, spec: GridSpec, device, p, precision: str, rounds: int = 8) -> tuple[float, float]:
     """Encoder-step images/s of both paths, alternating on the same images round by round.
 
     The whole-file timings above run one after the other, so on a shared machine a change of load
@@ -85,7 +86,7 @@ def interleaved(encoder, images: np.ndarray, spec: GridSpec, device, p, rounds: 
     x = images[: p.batch_size]
     paths = {"plain": lambda: [encode_batch(plain, x[i : i + 500], spec, device, "fp32", False)
                                for i in range(0, len(x), 500)],
-             "product": lambda: encode_batch(fast, x, spec, device, p.precision, has_convs(encoder))}
+             "product": lambda: encode_batch(fast, x, spec, device, precision, has_convs(encoder))}
     seconds = {"plain": 0.0, "product": 0.0}
     with torch.inference_mode():
         for fn in paths.values():
@@ -100,11 +101,11 @@ def interleaved(encoder, images: np.ndarray, spec: GridSpec, device, p, rounds: 
     return rounds * len(x) / seconds["plain"], rounds * len(x) / seconds["product"]
 
 
-def accuracy(x: np.ndarray, y: np.ndarray, device, fast: bool) -> float:
+def accuracy(x: np.ndarray, y: np.ndarray, device, fast: bool, precision: str) -> float:
     model = load_cifar_resnet(20)
     if fast:
         model = fuse(model).to(device).to(memory_format=torch.channels_last)
-    with autocast(device, "bf16" if fast else "fp32"):
+    with autocast(device, precision if fast else "fp32"):
         return float((classify(model, x, 1000, device) == y).mean())
 
 
@@ -115,6 +116,7 @@ def main() -> None:
     setup_logging()
     p = load_params().extract
     device = resolve_device(p.device)
+    precision = resolve_precision(p.precision, device, "extract.precision")  # what the extract stage runs
     splits = {s: cifar10.read_split(RAW, s) for s in cifar10.SPLITS}
     if args.limit:
         splits = {s: cifar10.Split(v.images[: args.limit], v.labels[: args.limit]) for s, v in splits.items()}
@@ -127,22 +129,22 @@ def main() -> None:
         fast_h5, plain_h5 = Path(tmp, "product.h5"), Path(tmp, "baseline.h5")
         t = time.perf_counter()
         write_features(fast_h5, encoder, splits, spec, batch_size=p.batch_size, device=device,
-                       precision=p.precision, standardize=True, channels_last=has_convs(encoder))
+                       precision=precision, standardize=True, channels_last=has_convs(encoder))
         fast_s = time.perf_counter() - t
         t = time.perf_counter()
         baseline(plain_h5, encoder, splits, spec, device)
         plain_s = time.perf_counter() - t
         worst, mean_diff = compare(fast_h5, plain_h5)
     print(f"baseline fp32 batch 500: {n / plain_s:8.0f} images/s ({plain_s:.1f} s)")
-    print(f"product {p.precision} batch {p.batch_size}: {n / fast_s:8.0f} images/s ({fast_s:.1f} s)")
+    print(f"product {precision} batch {p.batch_size}: {n / fast_s:8.0f} images/s ({fast_s:.1f} s)")
     print(f"speed-up: {plain_s / fast_s:.2f}x")
     print(f"standardised features, product vs baseline: max |diff| {worst:.4f}, mean |diff| {mean_diff:.5f}")
-    plain_rate, fast_rate = interleaved(encoder, splits["test"].images, spec, device, p)
+    plain_rate, fast_rate = interleaved(encoder, splits["test"].images, spec, device, p, precision)
     print(f"encoder step alternated round by round: baseline {plain_rate:.0f} images/s, "
           f"product {fast_rate:.0f} images/s, speed-up {fast_rate / plain_rate:.2f}x")
     test = splits["test"]
-    print(f"ResNet-20 test accuracy: fp32 {accuracy(test.images, test.labels, device, False):.4f}, "
-          f"bf16 fast path {accuracy(test.images, test.labels, device, True):.4f}")
+    print(f"ResNet-20 test accuracy: fp32 {accuracy(test.images, test.labels, device, False, precision):.4f}, "
+          f"{precision} fast path {accuracy(test.images, test.labels, device, True, precision):.4f}")
 
 
 if __name__ == "__main__":

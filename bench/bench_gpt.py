@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.gpt import model as gpt  # noqa: E402
+from pipeline.core.runtime import grad_scaler, resolve_precision  # noqa: E402
 from pipeline.gpt.model import GPT, GPTConfig, training_inputs  # noqa: E402
+from pipeline.gpt.step import train_step  # noqa: E402
 from pipeline.gpt.training import model_config  # noqa: E402
 from pipeline.params import CPU_PRESET, Params, apply_overrides, parse_params  # noqa: E402
 from pipeline.tokenizer.files import TokenMeta  # noqa: E402
@@ -94,14 +96,11 @@ def train_steps(cfg: GPTConfig, batch: int, steps: int, precision: str = "fp32",
     pattern = torch.randint(0, cfg.k, (batch, 4), generator=g)
     codes = pattern.repeat(1, cfg.block_size // 4 + 1)[:, : cfg.block_size]
     inputs = training_inputs(codes, cfg.prefix(torch.arange(batch) % 10, batch, "cpu"))
+    scaler = grad_scaler(torch.device("cpu"), precision)
     best = float("inf")
     for i in range(warmup + steps):
         t = time.process_time()
-        with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
-            _, loss, _ = model(inputs, codes)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = train_step(model, model.parameters(), opt, scaler, inputs, codes, precision, grad_clip=0.0)
         if i >= warmup:
             best = min(best, time.process_time() - t)
     tok_s = batch * cfg.block_size / best
@@ -118,7 +117,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     p = preset_params()
     tr, grid = p.train, p.extract.grid
-    L, H, D, B, epochs, drop, prec = tr.n_layer, tr.n_head, tr.n_embd, tr.batch_size, tr.epochs, tr.dropout, tr.precision
+    L, H, D, B, epochs, drop = tr.n_layer, tr.n_head, tr.n_embd, tr.batch_size, tr.epochs, tr.dropout
+    prec = resolve_precision(tr.precision, torch.device("cpu"), "train.precision")  # what the train stage runs
     # the model the preset's train stage builds (10 CIFAR classes, the preset's codebook and grid)
     preset = model_config(tr, TokenMeta(p.codebook.k, grid, grid, 10, tuple(map(str, range(10))), p.extract.encoder, 3, "bench"))
     out: dict = {"threads": args.threads, "preset": {"n_layer": L, "n_head": H, "n_embd": D, "batch": B}}

@@ -19,9 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 DEFAULT_PARAMS = Path("params.yaml")
 CPU_PRESET = Path("presets/cpu.args")  # `-S section.key=value` overrides, one per line
 CPU_PRESET_COMMAND = f"dvc exp run $(grep -v '^#' {CPU_PRESET})"
+CHECKOUT_PRESET = Path(__file__).resolve().parents[1] / CPU_PRESET  # the same file, wherever the cwd is
 
 Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["fp32", "bf16"]
+# auto: what the hardware does natively (pipeline/core/runtime.py has the table); fp16 is for CUDA
+# cards without bf16.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class ParamsError(PipelineError):
@@ -205,17 +208,33 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     return parse_params(raw, path)
 
 
-def apply_overrides(raw: dict, args_file: str | Path) -> dict:
-    """A copy of the params mapping `raw` with the `-S section.key=value` overrides of `args_file` (the
-    CPU preset's format, `#` comments allowed) applied, values parsed as YAML like `dvc exp run -S`."""
-    raw = copy.deepcopy(raw)
+def preset_overrides(args_file: str | Path = CPU_PRESET) -> dict[str, dict]:
+    """The `-S section.key=value` overrides of `args_file` (the CPU preset's format, `#` comments
+    allowed) as {section: {key: value}}, values parsed as YAML like `dvc exp run -S` parses them."""
     words = [w for line in Path(args_file).read_text().splitlines() for w in shlex.split(line, comments=True)]
+    overrides: dict[str, dict] = {}
     for flag, override in zip(words[::2], words[1::2]):
         key, sep, value = override.partition("=")
         section, dot, name = key.partition(".")
-        if flag != "-S" or not sep or not dot or not isinstance(raw.get(section), dict):
+        if flag != "-S" or not sep or not dot or section not in Params.model_fields:
             raise ParamsError(f"{args_file}: expected `-S section.key=value` pairs, got {flag!r} {override!r}")
-        raw[section][name] = yaml.safe_load(value)
+        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
     if len(words) % 2:
         raise ParamsError(f"{args_file}: `{words[-1]}` has no value; expected `-S section.key=value` pairs")
+    return overrides
+
+
+def apply_overrides(raw: dict, args_file: str | Path) -> dict:
+    """A copy of the params mapping `raw` with the overrides of `args_file` (`preset_overrides`) applied."""
+    raw = copy.deepcopy(raw)
+    for section, values in preset_overrides(args_file).items():
+        if not isinstance(raw.get(section), dict):
+            raise ParamsError(f"{args_file}: sets {section}.* but the params have no {section!r} section")
+        raw[section].update(values)
     return raw
+
+
+def cpu_preset_differences(section: str, values: Section, args_file: str | Path = CHECKOUT_PRESET) -> list[str]:
+    """`section.key` of every CPU-preset override that `values` (that section's params) does not follow."""
+    preset = preset_overrides(args_file).get(section, {})
+    return [f"{section}.{key}" for key, value in preset.items() if getattr(values, key) != value]

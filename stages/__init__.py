@@ -1,12 +1,16 @@
-"""Thin DVC stage entry points: one typer sub-command per stage (see `python -m stages --help`)."""
+"""Thin DVC stage entry points: one typer sub-command per stage (see `python -m stages --help`).
 
+Stage modules import torch, FAISS, torchmetrics and the library inside their command, not at the top:
+listing the stages (`--help`) then loads none of them, and each stage loads only what it runs.
+"""
+
+import logging
 import os
 
 # FAISS's OpenMP threads busy-wait by default and starve torch's on a small CPU (bench/bench_kmeans.py);
 # this only works if set before torch or faiss load libgomp, hence here, first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import typer  # noqa: E402
@@ -31,3 +35,7 @@ def _group() -> None:
     # next removes them, wherever they are (DVC may restore the killed stage from its run cache).
     for stale in remove_stale_temps_under(*OUTPUT_ROOTS):
         logging.getLogger("stages").info("removed %s, left by a killed run", stale)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

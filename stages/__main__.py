@@ -3,8 +3,7 @@
 import sys
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.runtime import setup_logging
-from stages import app
+from stages import app, setup_logging
 
 # Importing a stage module registers its sub-command on `app`, in pipeline order.
 from stages import download  # noqa: E402,F401

@@ -7,16 +7,6 @@ With extract.encoder = pixels this is the classic demo's pixel-palette tokenizer
 import logging
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.core.artifacts import open_h5
-from pipeline.core.atomic import write_json
-from pipeline.core.errors import PipelineError
-from pipeline.core.plots import save_png, write_csv
-from pipeline.data.cifar10 import CLASSES
-from pipeline.features.files import SPLITS, check_features
-from pipeline.params import load_params
-from pipeline.tokenizer import files as token_files, kmeans as cb
 from stages import PARAMS_OPTION, app
 from stages.paths import CODEBOOK, FEATURES, METRICS, PLOTS, TOKENS
 
@@ -26,6 +16,17 @@ log = logging.getLogger(__name__)
 @app.command()
 def codebook(params: Path = PARAMS_OPTION) -> None:
     """Fit FAISS k-means on sampled train features; tokenise train and test."""
+    import numpy as np
+
+    from pipeline.core.artifacts import open_h5
+    from pipeline.core.atomic import write_json
+    from pipeline.core.errors import PipelineError
+    from pipeline.core.plots import save_png, write_csv
+    from pipeline.data.cifar10 import CLASSES
+    from pipeline.features.files import SPLITS, check_features
+    from pipeline.params import load_params
+    from pipeline.tokenizer import files as token_files, kmeans as cb
+
     p = load_params(params).codebook
     gpu = cb.use_faiss_gpu(p.device)
     with open_h5(FEATURES, "extract", "features") as f:

@@ -9,14 +9,6 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.core.atomic import write_json
-from pipeline.core.hashing import code_sha256
-from pipeline.core.images import write_png
-from pipeline.core.runtime import resolve_device
-from pipeline.evaluation.reconstruction import reconstruction_metrics
-from pipeline.params import CPU_PRESET_COMMAND, load_params
-from pipeline.tokenizer import decoder_training as dt
-from pipeline.tokenizer.decoding import load_token_decoder, save_cnn_decoder, save_palette_decoder
 from stages import PARAMS_OPTION, app
 from stages.paths import CODEBOOK, DECODER_CHECKPOINTS, DECODER_DIR, FEATURES, METRICS, PLOTS, RAW, TOKENS
 
@@ -30,11 +22,20 @@ METRICS_JSON = METRICS / "decoder.json"
 @app.command()
 def decoder(params: Path = PARAMS_OPTION) -> None:
     """Train (or build) the token decoder and score its validation reconstructions."""
+    from pipeline.core.atomic import write_json
+    from pipeline.core.hashing import code_sha256
+    from pipeline.core.images import write_png
+    from pipeline.core.runtime import resolve_device, resolve_precision
+    from pipeline.evaluation.reconstruction import reconstruction_metrics
+    from pipeline.params import load_params
+    from pipeline.tokenizer import decoder_training as dt
+    from pipeline.tokenizer.decoding import load_token_decoder, save_cnn_decoder, save_palette_decoder
+    from stages.hints import slow_cpu_hint
+
     p = load_params(params).decoder
     inputs = dt.load_inputs(TOKENS, CODEBOOK, FEATURES, RAW)
     device = resolve_device(p.device)
-    # bf16 autocast only pays off on GPU; on CPU it is slower and would break bitwise determinism.
-    precision = p.precision if device.type == "cuda" else "fp32"
+    precision = resolve_precision(p.precision, device, "decoder.precision")
     extra = {"encoder": inputs.encoder, "layers": inputs.layers, "codebook_sha256": inputs.codebook_sha256}
     history, train_seconds = [], 0.0
     if inputs.is_pixels:
@@ -43,10 +44,10 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
         write_json(DECODER_CHECKPOINTS / "palette.json", {"kind": "palette", "note": "no training, no checkpoint"})
     else:
         feature_loss = dt.build_feature_loss(inputs, device) if p.perceptual_weight > 0 else None
-        hint = f"For a 2-core CPU, the CPU preset trains a smaller decoder for fewer epochs: {CPU_PRESET_COMMAND}"
+        hint = slow_cpu_hint("decoder", p, precision) if device.type == "cpu" else ""
         result = dt.train_decoder(p, inputs, DECODER_CHECKPOINTS, device, precision, code_sha256("decoder"),
-                                  feature_loss, slow_hint=hint if device.type == "cpu" else "")  # fmt: skip
-        save_cnn_decoder(result.model.cpu(), DECODER_DIR, extra)
+                                  feature_loss, slow_hint=hint)  # fmt: skip
+        save_cnn_decoder(result.model.cpu(), DECODER_DIR, extra | {"precision": precision})
         history, train_seconds = result.history, result.train_seconds
     dt.write_history_csv(history, LOSS_CSV)
 

@@ -3,8 +3,6 @@
 import logging
 from pathlib import Path
 
-from pipeline.data import cifar10
-from pipeline.params import load_params
 from stages import PARAMS_OPTION, app
 from stages.paths import RAW
 
@@ -14,6 +12,9 @@ log = logging.getLogger(__name__)
 @app.command()
 def download(params: Path = PARAMS_OPTION) -> None:
     """Get CIFAR-10 and write it, validated, to data/raw/cifar10.h5."""
+    from pipeline.data import cifar10
+    from pipeline.params import load_params
+
     p = load_params(params).download
     log.info("loading CIFAR-10 from %s", p.source)
     data = cifar10.load_source(p.source, p.cache_dir)

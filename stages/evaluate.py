@@ -11,20 +11,6 @@ import math
 import time
 from pathlib import Path
 
-
-from pipeline.core.artifacts import read_model_config
-from pipeline.core.atomic import write_json
-from pipeline.core.errors import PipelineError
-from pipeline.core.plots import write_csv
-from pipeline.core.runtime import resolve_device
-from pipeline.data import cifar10
-from pipeline.evaluation.classifier import EVALUATOR_NAME
-from pipeline.evaluation.reconstruction import reconstruction_metrics
-from pipeline.gpt import likelihood, sampling
-from pipeline.gpt.model import load_gpt
-from pipeline.params import load_params
-from pipeline.tokenizer import files as tok
-from pipeline.tokenizer.decoding import load_token_decoder
 from stages import PARAMS_OPTION, app
 from stages.paths import DECODER_DIR, GPT_DIR, METRICS, PLOTS, RAW, SAMPLES, TOKENS
 
@@ -37,6 +23,21 @@ CLASSES_CSV = PLOTS / "eval_classes.csv"
 @app.command()
 def evaluate(params: Path = PARAMS_OPTION) -> None:
     """Score the GPT (test NLL), the tokenizer (reconstructions) and the samples (FID/KID, class agreement)."""
+    from pipeline.core.artifacts import read_model_config
+    from pipeline.core.atomic import write_json
+    from pipeline.core.errors import PipelineError
+    from pipeline.core.plots import write_csv
+    from pipeline.core.runtime import resolve_device, resolve_precision
+    from pipeline.data import cifar10
+    from pipeline.evaluation.classifier import EVALUATOR_NAME
+    from pipeline.evaluation.distribution import sample_quality
+    from pipeline.evaluation.reconstruction import reconstruction_metrics
+    from pipeline.gpt import likelihood, sampling
+    from pipeline.gpt.model import load_gpt
+    from pipeline.params import load_params
+    from pipeline.tokenizer import files as tok
+    from pipeline.tokenizer.decoding import load_token_decoder
+
     p = load_params(params).evaluate
     device = resolve_device(p.device)
     t0 = time.perf_counter()
@@ -48,7 +49,8 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     tok.check_same_codebook({
         str(GPT_DIR): gpt_config.get("codebook_sha256"), str(DECODER_DIR): decoder_config.get("codebook_sha256"),
     }, str(TOKENS), meta)  # fmt: skip
-    precision = gpt_config.get("train", {}).get("precision", "fp32")  # as in training's per-epoch NLL
+    # the train section's precision resolved here, as training resolved it for its per-epoch test NLL
+    precision = resolve_precision(gpt_config.get("train", {}).get("precision", "fp32"), device, "train.precision")
     nll = likelihood.mean_nll(model, test, p.batch_size, device, precision)
     gpt = {**likelihood.nll_metrics(nll, meta.seq_len, "test"), "precision": precision}
     gpt.update(likelihood.unigram_baselines(train.tokens, test.tokens, meta.k))
@@ -63,8 +65,6 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     samples = sampling.read_samples(SAMPLES)
     if samples.tokens.shape[1] != meta.seq_len:
         raise PipelineError(f"{SAMPLES}: {samples.tokens.shape[1]} tokens per image vs {meta.seq_len} in {TOKENS}; re-run the sample stage")
-    from pipeline.evaluation.distribution import sample_quality  # torchmetrics import is slow; only here
-
     quality, per_class = sample_quality(
         samples.images, samples.labels if samples.conditional else None, raw_test.images,
         {"reconstructions": reconstructions, "train_images": raw_train.images},

@@ -3,8 +3,6 @@
 import logging
 from pathlib import Path
 
-from pipeline.features.extract import run_extract
-from pipeline.params import load_params
 from stages import PARAMS_OPTION, app
 from stages.paths import FEATURES, RAW
 
@@ -14,6 +12,9 @@ log = logging.getLogger(__name__)
 @app.command()
 def extract(params: Path = PARAMS_OPTION) -> None:
     """Encode every CIFAR-10 image into a grid of CNN features (see params.yaml `extract`)."""
+    from pipeline.features.extract import run_extract
+    from pipeline.params import load_params
+
     summary = run_extract(load_params(params).extract, RAW, FEATURES)
-    log.info("wrote %s: %d images x %d channels in %.1f s (%.0f images/s)", FEATURES, summary["images"],
-             summary["channels"], summary["seconds"], summary["images_per_s"])
+    log.info("wrote %s: %d images x %d channels in %.1f s (%.0f images/s, %s)", FEATURES, summary["images"],
+             summary["channels"], summary["seconds"], summary["images_per_s"], summary["precision"])

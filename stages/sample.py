@@ -4,15 +4,6 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.gpt import sampling
-from pipeline.tokenizer import files as tok
-from pipeline.core.atomic import write_bytes
-from pipeline.gpt.model import load_gpt
-from pipeline.params import load_params
-from pipeline.core.plots import save_png
-from pipeline.core.artifacts import read_model_config
-from pipeline.core.runtime import resolve_device
-from pipeline.tokenizer.decoding import load_token_decoder
 from stages import PARAMS_OPTION, app
 from stages.paths import DECODER_DIR, GPT_DIR, PLOTS, SAMPLE_GRID, SAMPLES, TOKENS
 
@@ -24,6 +15,16 @@ README_GRID = PLOTS / "samples.png"
 @app.command()
 def sample(params: Path = PARAMS_OPTION) -> None:
     """Generate sample.n_per_class images per class (KV cache, temperature/top-k/top-p, guidance)."""
+    from pipeline.core.artifacts import read_model_config
+    from pipeline.core.atomic import write_bytes
+    from pipeline.core.plots import save_png
+    from pipeline.core.runtime import resolve_device
+    from pipeline.gpt import sampling
+    from pipeline.gpt.model import load_gpt
+    from pipeline.params import load_params
+    from pipeline.tokenizer import files as tok
+    from pipeline.tokenizer.decoding import load_token_decoder
+
     p = load_params(params).sample
     device = resolve_device(p.device)
     meta = tok.read_meta(TOKENS)

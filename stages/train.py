@@ -8,11 +8,6 @@ global batch).
 import logging
 from pathlib import Path
 
-import torch
-
-from pipeline.core.hashing import code_sha256
-from pipeline.gpt.training import TrainPaths, distributed, train as train_gpt
-from pipeline.params import CPU_PRESET_COMMAND, load_params
 from stages import PARAMS_OPTION, app
 from stages.paths import GPT_CHECKPOINTS, GPT_DIR, METRICS, PLOTS, TOKENS
 
@@ -22,10 +17,19 @@ log = logging.getLogger(__name__)
 @app.command()
 def train(params: Path = PARAMS_OPTION) -> None:
     """Train the token GPT (resumable; DDP under torchrun)."""
+    import torch
+
+    from pipeline.core.hashing import code_sha256
+    from pipeline.core.runtime import resolve_precision
+    from pipeline.gpt.training import TrainPaths, distributed, train as train_gpt
+    from pipeline.params import load_params
+    from stages.hints import slow_cpu_hint
+
     p = load_params(params).train
     paths = TrainPaths(TOKENS, GPT_DIR, GPT_CHECKPOINTS, METRICS / "train.json", PLOTS)
     with distributed(p.device) as info:
         if info.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts
-        hint = f"For a 2-core CPU, the CPU preset trains a smaller GPT: {CPU_PRESET_COMMAND}"
-        train_gpt(p, paths, info, code=code_sha256("train"), slow_hint=hint if info.device.type == "cpu" else "")
+        precision = resolve_precision(p.precision, info.device, "train.precision")
+        hint = slow_cpu_hint("train", p, precision) if info.device.type == "cpu" else ""
+        train_gpt(p, paths, info, precision=precision, code=code_sha256("train"), slow_hint=hint)

@@ -1,9 +1,12 @@
-"""core: the time estimate, the checkpoint's run identity, image tiling."""
+"""core: the time estimate, the checkpoint's run identity, image tiling, the precision resolver."""
+
+import logging
 
 import numpy as np
+import pytest
 import torch
 
-from pipeline.core import progress
+from pipeline.core import progress, runtime
 from pipeline.core.checkpoint import Checkpoint, run_fingerprint
 from pipeline.core.hashing import code_sha256, stage_code
 from pipeline.core.images import tile_rows
@@ -49,3 +52,28 @@ def test_tile_rows_places_each_row_and_pads_short_rows_white():
     assert (out[1:5, 1:5] == 0).all() and (out[6:10, 1:5] == 7).all()
     assert (out[6:10, 6:10] == 255).all()  # the missing tiles of row 2
     assert (out[0] == 255).all() and (out[:, 0] == 255).all()
+
+
+@pytest.mark.parametrize(
+    "requested, device, native_bf16, expected",
+    [
+        ("auto", "cuda", True, "bf16"),  # Ampere and newer
+        ("auto", "cuda", False, "fp16"),  # T4, V100, P100: fp16 with a gradient scaler
+        ("auto", "cpu", True, "bf16"),  # AMX or AVX512-BF16
+        ("auto", "cpu", False, "fp32"),  # AVX2-only CPUs
+        ("fp32", "cuda", True, "fp32"),
+        ("fp32", "cpu", True, "fp32"),
+        ("bf16", "cpu", True, "bf16"),
+        ("bf16", "cpu", False, "bf16"),  # emulated: runs as asked, with a warning
+        ("fp16", "cuda", False, "fp16"),
+    ],
+)
+def test_precision_resolution_table(monkeypatch, caplog, requested, device, native_bf16, expected):
+    monkeypatch.setattr(runtime, "native", lambda dev, precision: precision == "fp16" or native_bf16)
+    monkeypatch.setattr(runtime.torch.cuda, "get_device_name", lambda dev=None: "a CUDA card")
+    monkeypatch.setattr(runtime, "emulation_slowdown", lambda dev, precision: 40.0)
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        assert runtime.resolve_precision(requested, torch.device(device), "stage.precision") == expected
+    emulated = requested == "bf16" and not native_bf16
+    assert any(r.levelno == logging.WARNING for r in caplog.records) == emulated
+    assert runtime.grad_scaler(torch.device("cpu"), expected).is_enabled() == (expected == "fp16")

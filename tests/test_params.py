@@ -4,7 +4,9 @@ import pytest
 import yaml
 
 from conftest import REPO, run
-from pipeline.params import CPU_PRESET, ParamsError, apply_overrides, load_params, parse_params
+from pipeline.params import (
+    CPU_PRESET, ParamsError, apply_overrides, cpu_preset_differences, load_params, parse_params,
+)
 
 
 def test_repo_params_are_valid():
@@ -19,7 +21,7 @@ def test_repo_params_are_valid():
         ("train", "n_head", 7, ["train", "divisible by n_head (7)"]),
         ("train", "lr", -1.0, ["train.lr", "-1.0", "greater than 0"]),
         ("codebook", "k", 70_000, ["codebook.k", "70000", "less than or equal to 65535"]),
-        ("extract", "precision", "fp8", ["extract.precision", "'fp8'", "'fp32' or 'bf16'"]),
+        ("extract", "precision", "fp8", ["extract.precision", "'fp8'", "'auto', 'fp32', 'bf16' or 'fp16'"]),
         ("decoder", "epochs", "ten", ["decoder.epochs", "'ten'", "integer"]),
         ("train", "n_layers", 4, ["train.n_layers", "unknown key"]),
         ("sample", "top_p", 1.5, ["sample.top_p", "1.5"]),
@@ -70,10 +72,19 @@ def test_cli_lists_every_registered_stage():
 def test_cpu_preset_applies_like_dvc_exp_run(tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     p = parse_params(apply_overrides(raw, REPO / CPU_PRESET))  # valid params
-    assert (p.train.n_layer, p.train.epochs, p.train.precision, p.decoder.channels) == (4, 15, "bf16", 64)
+    assert (p.train.n_layer, p.train.epochs, p.train.precision, p.decoder.channels) == (4, 15, "auto", 64)
     assert raw["train"]["n_layer"] == 8  # the mapping passed in is left alone
     bad = tmp_path / "bad.args"
     for text in ("-S train.n_layer", "-S nosuch.key=1", "--set train.lr=1", "-S train.lr=1 -S"):
         bad.write_text(text + "\n")
         with pytest.raises(ParamsError, match="bad.args"):
             apply_overrides(raw, bad)
+
+
+def test_cpu_preset_differences_name_the_keys_that_leave_the_preset():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    preset = parse_params(apply_overrides(raw, REPO / CPU_PRESET))
+    assert cpu_preset_differences("decoder", preset.decoder) == []
+    assert cpu_preset_differences("train", preset.train) == []
+    assert cpu_preset_differences("train", preset.train.model_copy(update={"epochs": 3})) == ["train.epochs"]
+    assert "decoder.channels" in cpu_preset_differences("decoder", parse_params(raw).decoder)

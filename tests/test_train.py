@@ -17,6 +17,7 @@ import yaml
 from conftest import REPO
 from pipeline.tokenizer import files as tok
 from pipeline.tokenizer.files import write_tokens as write_token_file
+from pipeline.core import runtime
 from pipeline.core.errors import PipelineError
 from pipeline.gpt.model import load_gpt
 from pipeline.gpt import training
@@ -71,11 +72,14 @@ def state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_train_writes_model_metrics_plots_and_learns(tmp_path, tokens_h5):
-    p = tiny_params(epochs=4, lr=3e-3, min_lr=3e-4, dropout=0.0)
+def test_train_writes_model_metrics_plots_and_learns(tmp_path, tokens_h5, monkeypatch):
+    monkeypatch.setattr(runtime, "native", lambda device, precision: False)  # a CPU without native bf16
+    p = tiny_params(epochs=4, lr=3e-3, min_lr=3e-4, dropout=0.0, precision="auto")
     paths = paths_in(tmp_path, tokens_h5)
     train(p, paths)
     metrics = json.loads(paths.metrics.read_text())
+    assert metrics["precision"] == "fp32"  # auto, resolved for this CPU, is what the outputs record
+    assert json.loads((paths.model_dir / "config.json").read_text())["precision"] == "fp32"
     hist = (paths.plots / "train_loss.csv").read_text().splitlines()
     assert hist[0] == "epoch,train_loss,val_loss" and len(hist) == 5
     assert (paths.plots / "train_loss.png").read_bytes()[:4] == b"\x89PNG"
@@ -88,8 +92,9 @@ def test_train_writes_model_metrics_plots_and_learns(tmp_path, tokens_h5):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tokens_h5):
-    p = tiny_params(epochs=3, dropout=0.1, label_dropout=0.3)  # dropout exercises the RNG state
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])  # fp16: the gradient scaler's state is resumed too
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tokens_h5, precision):
+    p = tiny_params(epochs=3, dropout=0.1, label_dropout=0.3, precision=precision)  # dropout: the RNG state
     ref = state(train(p, paths_in(tmp_path / "ref", tokens_h5)))
 
     class Killed(Exception):
@@ -102,7 +107,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tokens_h5):
     run = paths_in(tmp_path / "run", tokens_h5)
     with pytest.raises(Killed):
         train(p, run, on_epoch_end=kill_after_first)
-    assert torch.load(run.checkpoints / "last.pt", weights_only=True)["epoch"] == 1
+    saved = torch.load(run.checkpoints / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and bool(saved["scaler"]) == (precision == "fp16")
     assert not run.model_dir.exists()
     resumed = state(train(p, run))
     assert resumed.keys() == ref.keys()

@@ -32,7 +32,7 @@ from pipeline.features.files import FLIP
 from pipeline.core.errors import PipelineError
 from pipeline.params import ExtractParams
 from pipeline.core.progress import Eta
-from pipeline.core.runtime import autocast, resolve_device
+from pipeline.core.runtime import autocast, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,8 @@ def write_features(target: str | Path, encoder: Encoder, splits: dict, spec: Gri
         channels = int(f[f"{order[0]}/features"].shape[-1])
         f.attrs.update(_attrs(encoder, spec, standardize, precision, device, channels_last, channels))
     seconds = time.perf_counter() - run.t0
-    return {"channels": channels, "images": run.total, "seconds": seconds, "images_per_s": run.total / seconds}
+    return {"channels": channels, "images": run.total, "seconds": seconds, "images_per_s": run.total / seconds,
+            "precision": precision}
 
 
 @dataclass
@@ -309,13 +310,14 @@ def run_extract(p: ExtractParams, raw: str | Path, target: str | Path, pretraine
     if encoder.name == "pixels" and p.standardize:
         raise PipelineError("extract.standardize must be false for encoder 'pixels' (its features are RGB in [0, 1])")
     device = resolve_device(p.device)
+    precision = resolve_precision(p.precision, device, "extract.precision")
     splits = {split: cifar10.read_split(raw, split) for split in cifar10.SPLITS}
     if p.flip:  # augmentation: the mirrored train images through the same encoder (grids are not flip-equivariant)
         splits[FLIP] = cifar10.Split(np.ascontiguousarray(splits["train"].images[:, :, ::-1]), splits["train"].labels)
     log.info("extract: %s layers %s -> %dx%d grid at input %d px on %s (%s), %d train + %d test images",
-             encoder.name, list(spec.layers), p.grid, p.grid, p.input_size, device, p.precision,
+             encoder.name, list(spec.layers), p.grid, p.grid, p.input_size, device, precision,
              len(splits["train"].images), len(splits["test"].images))
     return write_features(
         target, encoder, splits, spec, batch_size=p.batch_size,
-        device=device, precision=p.precision, standardize=p.standardize, channels_last=has_convs(encoder),
+        device=device, precision=precision, standardize=p.standardize, channels_last=has_convs(encoder),
     )

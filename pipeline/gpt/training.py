@@ -39,10 +39,11 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import sha256_file
 from pipeline.core.plots import save_png, write_csv
 from pipeline.core.progress import Eta
-from pipeline.core.runtime import autocast, resolve_device
+from pipeline.core.runtime import grad_scaler, resolve_device, resolve_precision
 from pipeline.core.schedule import lr_at
 from pipeline.gpt.likelihood import bits_per_image, mean_nll, nll_metrics
 from pipeline.gpt.model import GPT, GPTConfig, save_gpt, training_inputs
+from pipeline.gpt.step import train_step
 from pipeline.params import TrainParams
 from pipeline.tokenizer import files as tok
 
@@ -134,13 +135,17 @@ def train(
     info: DistInfo = DistInfo(),
     *,
     code: str,
+    precision: str | None = None,
     slow_hint: str = "",
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> GPT:
     """Train (or resume) and, on rank 0, write model, metrics and plots. Returns the raw model.
 
     `code` identifies the training code (hashing.code_sha256): a checkpoint written by other code is
-    not resumed. `slow_hint` is logged when the up-front estimate is long."""
+    not resumed. `precision` is p.precision resolved for the device (`runtime.resolve_precision`;
+    None: resolved here). `slow_hint` is logged when the up-front estimate is long."""
+    if precision is None:
+        precision = resolve_precision(p.precision, info.device, "train.precision")
     meta = tok.read_meta(paths.tokens)
     train_split = tok.read_split(paths.tokens, "train", meta)
     val_split = tok.read_split(paths.tokens, "val", meta)
@@ -151,9 +156,11 @@ def train(
         torch.manual_seed(p.seed)  # identical initial weights on every rank
         model = GPT(cfg).to(info.device)
         opt = torch.optim.AdamW(model.param_groups(p.weight_decay), lr=p.lr, betas=(p.beta1, p.beta2))
+        scaler = grad_scaler(info.device, precision)
         batches = EpochBatches(len(train_split.tokens), p, info)
         total_steps = batches.steps * p.epochs
-        params = p.model_dump(exclude={"device", "compile"})  # how the numbers are computed, not where
+        # how the numbers are computed (the precision as resolved here), not where
+        params = p.model_dump(exclude={"device", "compile"}) | {"precision": precision}
         fingerprint = run_fingerprint(params, {"tokens": sha256_file(paths.tokens)}, code)
         ckpt = Checkpoint(paths.checkpoints, fingerprint, "train")
 
@@ -166,6 +173,8 @@ def train(
         if state is not None:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
+            if scaler.is_enabled():
+                scaler.load_state_dict(state["scaler"])
             start_epoch, step, history, best = state["epoch"], state["step"], state["history"], state["best"]
 
         if info.world > 1:
@@ -177,10 +186,10 @@ def train(
         if info.main:
             log.info(
                 "GPT %.2fM params, vocab %d, %d slots; %d train (%s) / %d val sequences; %d steps/epoch x %d epochs; "
-                "global batch %d over %d process(es) on %s",
+                "global batch %d over %d process(es) on %s in %s",
                 model.num_params() / 1e6, cfg.vocab_size, cfg.block_size, len(train_split.tokens),
                 "+ mirrored" if p.flip else "as they are", len(val_split.tokens), batches.steps, p.epochs,
-                p.batch_size, info.world, info.device,
+                p.batch_size, info.world, info.device, precision,
             )
 
         tokens_per_step = p.batch_size * cfg.block_size
@@ -205,15 +214,10 @@ def train(
                 labels = train_split.labels[idx].to(info.device, non_blocking=True)
                 prefix = cfg.prefix(labels, len(idx), info.device)
                 prefix = torch.where(drop[idx].to(info.device), cfg.null_token, prefix)
-                with autocast(info.device, p.precision):
-                    _, loss, _ = net(training_inputs(codes, prefix), codes)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if p.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
-                opt.step()
+                loss = train_step(net, model.parameters(), opt, scaler, training_inputs(codes, prefix), codes,
+                                  precision, p.grad_clip)
                 step += 1
-                loss_sum += loss.detach()
+                loss_sum += loss
                 if info.main and i % POSTFIX_EVERY == 0:
                     rate = (i + 1) * tokens_per_step / (time.perf_counter() - t0)
                     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
@@ -222,7 +226,7 @@ def train(
             train_time += time.perf_counter() - t0
             epochs_here += 1
             train_loss = _all_reduce([loss_sum.item() / batches.steps], info)[0] / info.world
-            val_nll = mean_nll(model, val_split, 2 * batches.local, info.device, p.precision, info.rank, info.world)
+            val_nll = mean_nll(model, val_split, 2 * batches.local, info.device, precision, info.rank, info.world)
             history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_nll})
             if best is None or val_nll < best["val_nll"]:
                 best = {"epoch": epoch + 1, "val_nll": val_nll,
@@ -233,8 +237,8 @@ def train(
                     epoch + 1, p.epochs, history[-1]["train_loss"], val_nll, bits_per_image(val_nll, cfg.block_size),
                     best["epoch"], batches.steps * tokens_per_step / (time.perf_counter() - t0),
                 )
-                ckpt.save({"epoch": epoch + 1, "step": step, "history": history, "best": best,
-                           "model": model.state_dict(), "optimizer": opt.state_dict()})  # fmt: skip
+                ckpt.save({"epoch": epoch + 1, "step": step, "history": history, "best": best, "model": model.state_dict(),
+                           "optimizer": opt.state_dict(), "scaler": scaler.state_dict()})  # fmt: skip
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
 
@@ -242,7 +246,7 @@ def train(
         tokens_per_s = epochs_here * batches.steps * tokens_per_step / train_time if train_time else 0.0
         _write_plots(history, paths.plots)
         model.load_state_dict(best["model"])
-        _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info)
+        _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info, precision)
     return model
 
 
@@ -260,12 +264,12 @@ def _write_plots(history: list[dict], plots: Path) -> None:
     save_png(fig, plots / "train_loss.png")
 
 
-def _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info) -> None:
+def _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info, precision) -> None:
     """The best epoch's model (already loaded into `model`), and train.json saying which and why."""
     at_best = history[best["epoch"] - 1]
     save_gpt(model, paths.model_dir, {
         "classes": list(meta.classes), "encoder": meta.encoder, "codebook_sha256": meta.codebook_sha256,
-        "train": p.model_dump(), "epoch": best["epoch"],
+        "train": p.model_dump(), "epoch": best["epoch"], "precision": precision,
     })  # fmt: skip
     metrics = {
         "best_epoch": best["epoch"],
@@ -279,6 +283,7 @@ def _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info) -> 
         "train_tokens_per_s": tokens_per_s,
         "world_size": info.world,
         "device": str(info.device),
+        "precision": precision,
     }
     write_json(paths.metrics, metrics)
     log.info("saved epoch %d of %d (lowest validation NLL %.4f nats/token = %.1f bits/image) -> %s, %s",

@@ -36,7 +36,7 @@ from pipeline.core.hashing import sha256_file
 from pipeline.core.images import tile_rows, to_float_nchw
 from pipeline.core.plots import write_csv
 from pipeline.core.progress import Eta
-from pipeline.core.runtime import autocast
+from pipeline.core.runtime import autocast, grad_scaler
 from pipeline.core.schedule import lr_at
 from pipeline.data import cifar10
 from pipeline.evaluation.reconstruction import psnr
@@ -169,6 +169,26 @@ def _pixel_loss(kind: str) -> Callable:
     return F.l1_loss if kind == "l1" else F.mse_loss
 
 
+def training_loss(p: DecoderParams, feature_loss: nn.Module | None) -> Callable:
+    """(reconstruction, original) -> p's pixel loss, plus perceptual_weight x `feature_loss` when both are set."""
+    pixel_loss = _pixel_loss(p.pixel_loss)
+    if feature_loss is None or p.perceptual_weight <= 0:
+        return pixel_loss
+    return lambda out, target: pixel_loss(out, target) + p.perceptual_weight * feature_loss(out, target)
+
+
+def training_step(model: InverseCNN, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  tokens: torch.Tensor, target: torch.Tensor, loss_fn: Callable, precision: str) -> torch.Tensor:
+    """One update on a batch of token grids and their original images (float NCHW); the detached loss."""
+    with autocast(target.device, precision):
+        loss = loss_fn(model(model.embed(tokens)).float(), target)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def train_decoder(
     p: DecoderParams,
     inputs: DecoderInputs,
@@ -180,8 +200,9 @@ def train_decoder(
     slow_hint: str = "",
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train (or resume) the decoder for p.epochs; checkpoint after every epoch. `code` identifies the
-    training code (hashing.code_sha256): a checkpoint written by other code is not resumed."""
+    """Train (or resume) the decoder for p.epochs; checkpoint after every epoch. `precision` is
+    p.precision resolved for `device` (`runtime.resolve_precision`). `code` identifies the training code
+    (hashing.code_sha256): a checkpoint written by other code is not resumed."""
     config = DecoderConfig(
         in_channels=inputs.centroids.shape[1], grid=inputs.grid, k=len(inputs.centroids),
         channels=p.channels, res_blocks=p.res_blocks,
@@ -190,21 +211,25 @@ def train_decoder(
         torch.manual_seed(p.seed)
         model = InverseCNN(config, inputs.centroids).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    scaler = grad_scaler(device, precision)
     n = len(inputs.train_tokens)
     steps_per_epoch = math.ceil(n / p.batch_size)
     total_steps = steps_per_epoch * p.epochs
-    ckpt = Checkpoint(checkpoint_dir, run_fingerprint(p.model_dump(exclude={"device"}), inputs.input_hashes, code), "decoder")
+    params = p.model_dump(exclude={"device"}) | {"precision": precision}  # as resolved on this device
+    ckpt = Checkpoint(checkpoint_dir, run_fingerprint(params, inputs.input_hashes, code), "decoder")
     result, start_epoch, step = TrainResult(model), 0, 0
     if (state := ckpt.load()) is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
         result.history, result.train_seconds = list(state["history"]), float(state["train_seconds"])
 
     tokens = torch.from_numpy(inputs.train_tokens.astype(np.int64)).to(device)
     images = torch.from_numpy(inputs.train_images).to(device)  # uint8 NHWC; converted per batch
     curve_tokens, curve_images = inputs.val_tokens[:CURVE_IMAGES], inputs.val_images[:CURVE_IMAGES]
-    pixel_loss = _pixel_loss(p.pixel_loss)
+    loss_fn = training_loss(p, feature_loss)
     use_features = feature_loss is not None and p.perceptual_weight > 0
     eta = Eta("decoder", total_steps - step, "steps", slow_minutes=15, slow_hint=slow_hint)
     log.info(
@@ -223,17 +248,10 @@ def train_decoder(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[i * p.batch_size : (i + 1) * p.batch_size]
-            target = to_float_nchw(images[idx], device)
-            with autocast(device, precision):
-                out = model(model.embed(tokens[idx])).float()
-                loss = pixel_loss(out, target)
-                if use_features:
-                    loss = loss + p.perceptual_weight * feature_loss(out, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = training_step(model, optimizer, scaler, tokens[idx], to_float_nchw(images[idx], device), loss_fn,
+                                 precision)
             step += 1
-            loss_sum += loss.detach().double() * len(idx)
+            loss_sum += loss.double() * len(idx)
             if i % POSTFIX_EVERY == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
             eta.update(1)
@@ -245,7 +263,7 @@ def train_decoder(
                  epoch + 1, p.epochs, result.history[-1]["train_loss"], val_psnr, len(curve_images))  # fmt: skip
         ckpt.save({
             "epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "history": result.history, "train_seconds": result.train_seconds,
+            "scaler": scaler.state_dict(), "history": result.history, "train_seconds": result.train_seconds,
         })  # fmt: skip
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)

@@ -36,7 +36,7 @@ class TokenDecoder:
     def decode(
         self, tokens: np.ndarray, batch_size: int = 500, device: torch.device | str = "cpu", precision: str = "fp32"
     ) -> np.ndarray:
-        """(N, g*g) integer tokens -> (N, 32, 32, 3) uint8 images (`precision` bf16: autocast)."""
+        """(N, g*g) integer tokens -> (N, 32, 32, 3) uint8 images (`precision` bf16 or fp16: autocast)."""
         tokens = np.asarray(tokens)
         if tokens.ndim != 2 or tokens.shape[1] != self.grid * self.grid:
             raise PipelineError(
