@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid
 
 from pipeline.core.atomic import atomic_path
 
@@ -25,12 +24,13 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def tile_rows(rows: list[np.ndarray], columns: int, gap: int = 1) -> np.ndarray:
     """uint8 (H', W', 3) mosaic: one row of tiles per uint8 NHWC array in `rows` (shorter rows padded
     white, longer ones cut to `columns`), `gap` white pixels around every tile."""
-    shape = rows[0].shape[1:]
-    blank = np.full((columns, *shape), 255, np.uint8)
-    flat = np.concatenate([np.concatenate([r[:columns], blank[: columns - len(r[:columns])]]) for r in rows])
-    x = torch.from_numpy(flat).permute(0, 3, 1, 2)
-    grid = make_grid(x, nrow=columns, padding=gap, pad_value=255)
-    return grid.permute(1, 2, 0).numpy()
+    h, w, c = rows[0].shape[1:]
+    mosaic = np.full((len(rows) * (h + gap) + gap, columns * (w + gap) + gap, c), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, tile in enumerate(row[:columns]):
+            top, left = gap + i * (h + gap), gap + j * (w + gap)
+            mosaic[top : top + h, left : left + w] = tile
+    return mosaic
 
 
 def write_png(image_uint8_hwc: np.ndarray, target: str | Path) -> None:
