@@ -1,9 +1,12 @@
 # Two entry points for a fresh machine:
-#   make repro   create .venv, install requirements, run the whole DVC pipeline
+#   make repro   create .venv, install requirements, run the whole DVC pipeline with the params that
+#                suit this machine: the CPU preset without a CUDA GPU, the GPU-sized default with one
+#                (tools/repro.py says which and why); PRESET=cpu or PRESET=gpu picks one
 #   make test    create .venv, install requirements, run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+PRESET ?= auto
 
 .PHONY: repro test venv
 
@@ -15,7 +18,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 repro: venv
-	PATH="$(abspath $(BIN)):$$PATH" dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" python tools/repro.py --preset $(PRESET)
 
 test: venv
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,7 +35,7 @@ from pipeline.features.encoders import build_encoder  # noqa: E402
 from pipeline.features.extract import extract_spec, grid_features  # noqa: E402
 from pipeline.gpt.model import GPT  # noqa: E402
 from pipeline.gpt.training import model_config  # noqa: E402
-from pipeline.params import CPU_PRESET, Params, apply_overrides, parse_params  # noqa: E402
+from pipeline.params import Params, load_cpu_preset, load_params  # noqa: E402
 from pipeline.core.runtime import resolve_device  # noqa: E402
 from pipeline.tokenizer.decoding import PALETTE_GRID, TokenDecoder  # noqa: E402
 from pipeline.tokenizer.files import TokenMeta  # noqa: E402
@@ -88,8 +87,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    configs = {"default": parse_params(raw), "cpu_preset": parse_params(apply_overrides(raw, ROOT / CPU_PRESET))}
+    configs = {"default": load_params(ROOT / "params.yaml"), "cpu_preset": load_cpu_preset(ROOT / "params.yaml")}
     results = {"device": str(device), "threads": args.threads, "weights": "random init",
                "load_average_before": os.getloadavg(), "configs": {}}  # fmt: skip
     print(f"device {device}, {args.threads} thread(s), load average {results['load_average_before'][0]:.1f}")

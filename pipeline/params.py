@@ -196,22 +196,35 @@ def parse_params(raw: dict, path: Path = DEFAULT_PARAMS) -> Params:
         raise ParamsError(_explain(e, path)) from None
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    """Read and validate params.yaml."""
-    path = Path(path)
+def _read(path: Path) -> dict:
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the project root or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
-    return parse_params(raw, path)
 
 
-def preset_overrides(args_file: str | Path = CPU_PRESET) -> dict[str, dict]:
-    """The `-S section.key=value` overrides of `args_file` (the CPU preset's format, `#` comments
-    allowed) as {section: {key: value}}, values parsed as YAML like `dvc exp run -S` parses them."""
-    words = [w for line in Path(args_file).read_text().splitlines() for w in shlex.split(line, comments=True)]
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml."""
+    return parse_params(_read(Path(path)), Path(path))
+
+
+def load_cpu_preset(path: str | Path = DEFAULT_PARAMS, args_file: str | Path = CHECKOUT_PRESET) -> Params:
+    """params.yaml with the CPU preset applied, as `dvc exp run $(grep -v '^#' presets/cpu.args)` sees it."""
+    return parse_params(apply_overrides(_read(Path(path)), args_file), Path(path))
+
+
+def preset_words(args_file: str | Path = CHECKOUT_PRESET) -> list[str]:
+    """The words of a preset file (the CPU preset's format, `#` comments allowed) as the shell splits
+    them: `-S`, `section.key=value`, ... - the arguments `dvc exp run` gets."""
+    return [w for line in Path(args_file).read_text().splitlines() for w in shlex.split(line, comments=True)]
+
+
+def preset_overrides(args_file: str | Path = CHECKOUT_PRESET) -> dict[str, dict]:
+    """The `-S section.key=value` overrides of `args_file` as {section: {key: value}}, values parsed as
+    YAML like `dvc exp run -S` parses them."""
+    words = preset_words(args_file)
     overrides: dict[str, dict] = {}
     for flag, override in zip(words[::2], words[1::2]):
         key, sep, value = override.partition("=")
