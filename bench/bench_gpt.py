@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,15 +35,10 @@ from pipeline.core.runtime import grad_scaler, resolve_precision  # noqa: E402
 from pipeline.gpt.model import GPT, GPTConfig, training_inputs  # noqa: E402
 from pipeline.gpt.step import train_step  # noqa: E402
 from pipeline.gpt.training import model_config  # noqa: E402
-from pipeline.params import CPU_PRESET, Params, apply_overrides, parse_params  # noqa: E402
+from pipeline.params import load_cpu_preset  # noqa: E402
 from pipeline.tokenizer.files import TokenMeta  # noqa: E402
 
 N_TRAIN = 50_000
-
-
-def preset_params() -> Params:
-    """params.yaml with the CPU preset applied, as `dvc exp run $(grep -v '^#' presets/cpu.args)` sees it."""
-    return parse_params(apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), ROOT / CPU_PRESET))
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 4) -> float:
@@ -57,12 +51,6 @@ def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 4) -> float:
             a @ b
         best = min(best, time.process_time() - t)
     return 2 * n**3 * reps / best / 1e9
-
-
-def flops_per_token(cfg: GPTConfig) -> float:
-    """nanoGPT/PaLM estimate: 6 * params (no position tables) + 12 * L * d * T for attention."""
-    n = 12 * cfg.n_layer * cfg.n_embd**2 + cfg.vocab_size * cfg.n_embd
-    return 6 * n + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
 def grid_cfg(n_layer: int, n_head: int, n_embd: int, grid: tuple[int, int], dropout: float, k: int = 512) -> GPTConfig:
@@ -105,7 +93,7 @@ def train_steps(cfg: GPTConfig, batch: int, steps: int, precision: str = "fp32",
             best = min(best, time.process_time() - t)
     tok_s = batch * cfg.block_size / best
     return {"tokens_per_s": tok_s, "images_per_s": tok_s / cfg.block_size, "loss": loss.item(),
-            "gflops": tok_s * flops_per_token(cfg) / 1e9}
+            "gflops": tok_s * cfg.flops_per_token / 1e9}
 
 
 def main() -> None:
@@ -115,7 +103,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    p = preset_params()
+    p = load_cpu_preset(ROOT / "params.yaml")
     tr, grid = p.train, p.extract.grid
     L, H, D, B, epochs, drop = tr.n_layer, tr.n_head, tr.n_embd, tr.batch_size, tr.epochs, tr.dropout
     prec = resolve_precision(tr.precision, torch.device("cpu"), "train.precision")  # what the train stage runs

@@ -51,6 +51,13 @@ class GPTConfig:
     def vocab_size(self) -> int:
         return self.null_token + 1
 
+    @property
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token, the nanoGPT/PaLM estimate: forward and backward through the matrix
+        parameters (position tables excluded) plus the attention scores and mixing over the block."""
+        matrix_params = 12 * self.n_layer * self.n_embd**2 + self.vocab_size * self.n_embd
+        return 6 * matrix_params + 12 * self.n_layer * self.n_embd * self.block_size
+
     def prefix(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
         """Slot-0 tokens: class tokens for a conditional model, else the start token."""
         if self.conditional and labels is not None:

@@ -1,0 +1,194 @@
+"""The CPU preset on this CPU: the speed of its three long stages in the precision they resolve here, and the
+whole preset's time projected from short timed runs (the preset itself is not run).
+
+    TORCH_HOME=../shared/torch-home nice -n 10 .venv/bin/python bench/bench_cpu_preset.py [--json out.json]
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ... (the same, as an AVX2-only CPU: no native bf16)
+
+(a) the CPU as torch sees it, and a 512x512 matrix product in fp32 vs bf16 on one thread: where bf16 is only
+    emulated (AVX2 CPUs) it is many times slower, which is why `precision: auto` resolves to fp32 there;
+(b) extract: the stage's write_features on a slice of synthetic CIFAR-sized images, scaled to 60,000;
+(c) decoder: the stage's training_step (pixel + perceptual loss through the real encoder layers) at the
+    preset's decoder params, times the preset's steps, plus its decoding passes;
+(d) train: the stage's train_step at the preset's GPT params, times the preset's steps, plus the
+    per-epoch test NLL passes;
+(e) the whole preset: (b)-(d) plus the other stages as measured in the README's fresh-clone preset run.
+Each timing is the median of a few steps after warm-up, in wall time on --threads threads: on shared
+cores, repeat the run and keep the fastest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.core.images import to_float_nchw  # noqa: E402
+from pipeline.core.runtime import describe_cpu, grad_scaler, resolve_precision  # noqa: E402
+from pipeline.data.cifar10 import Split  # noqa: E402
+from pipeline.features.encoders import build_encoder  # noqa: E402
+from pipeline.features.extract import extract_spec, has_convs, write_features  # noqa: E402
+from pipeline.gpt.likelihood import mean_nll  # noqa: E402
+from pipeline.gpt.model import GPT, training_inputs  # noqa: E402
+from pipeline.gpt.step import train_step  # noqa: E402
+from pipeline.gpt.training import model_config  # noqa: E402
+from pipeline.features.extract import grid_features  # noqa: E402
+from pipeline.params import Params, load_cpu_preset  # noqa: E402
+from pipeline.tokenizer import decoder_training as dt  # noqa: E402
+from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN  # noqa: E402
+from pipeline.tokenizer.decoding import TokenDecoder  # noqa: E402
+from pipeline.tokenizer.files import TokenMeta, TokenSplit  # noqa: E402
+
+N_TRAIN, N_TEST = 50_000, 10_000
+# The other stages of the README's fresh-clone CPU-preset run on this project's 2-core AMX CPU, in seconds:
+# fp32 code paths (FAISS, sampling, FID features) that the precision does not change.
+OTHER_STAGES_S = {"download": 2, "codebook": 59, "sample": 7, "evaluate": 35}
+CPU = torch.device("cpu")
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 512, repeats: int = 5) -> float:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    torch.set_num_threads(threads)
+    return 2 * n**3 / best / 1e9
+
+
+def median_seconds(fn, steps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_extract(p: Params, precision: str, n: int) -> dict:
+    encoder = build_encoder(p.extract.encoder)
+    spec = extract_spec(p.extract, encoder)
+    rng = np.random.default_rng(0)
+    splits = {s: Split(rng.integers(0, 256, (m, 32, 32, 3), dtype=np.uint8), np.arange(m, dtype=np.uint8) % 10)
+              for s, m in (("train", n * 5 // 6), ("test", n // 6))}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        summary = write_features(Path(tmp, "f.h5"), encoder, splits, spec, batch_size=p.extract.batch_size, device=CPU,
+                                 precision=precision, standardize=p.extract.standardize,
+                                 channels_last=has_convs(encoder))  # fmt: skip
+        seconds = time.perf_counter() - t
+    rate = summary["images"] / seconds
+    return {"images_per_s": rate, "projected_s": (N_TRAIN + N_TEST) / rate}
+
+
+def bench_decoder(p: Params, precision: str, steps: int) -> dict:
+    d, k, grid = p.decoder, p.codebook.k, p.extract.grid
+    encoder = build_encoder(p.extract.encoder)
+    spec = extract_spec(p.extract, encoder)
+    with torch.no_grad():
+        dim = grid_features(encoder, torch.zeros(1, 3, 32, 32), spec).shape[-1]  # channels per grid cell
+    rng = np.random.default_rng(0)
+    n = max(d.batch_size, 1000)
+    inputs = dt.DecoderInputs(
+        centroids=torch.randn(k, dim), codebook_sha256="bench", encoder=p.extract.encoder, layers=list(spec.layers),
+        grid=grid, feature_attrs={"input_size": spec.input_size, "pool": spec.pool}, mean=None, std=None,
+        train_tokens=rng.integers(0, k, (n, grid * grid)).astype(np.uint16),
+        train_images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        test_tokens=rng.integers(0, k, (n, grid * grid)).astype(np.uint16),
+        test_images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        test_labels=np.arange(n) % 10, input_hashes={},
+    )  # fmt: skip
+    feature_loss = dt.build_feature_loss(inputs, CPU) if d.perceptual_weight > 0 else None
+    config = DecoderConfig(in_channels=dim, grid=grid, k=k, channels=d.channels, res_blocks=d.res_blocks)
+    model = InverseCNN(config, inputs.centroids)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+    scaler, loss_fn = grad_scaler(CPU, precision), dt.training_loss(d, feature_loss)
+    tokens = torch.from_numpy(inputs.train_tokens[: d.batch_size].astype(np.int64))
+    target = to_float_nchw(inputs.train_images[: d.batch_size], CPU)
+    step_s = median_seconds(lambda: dt.training_step(model, optimizer, scaler, tokens, target, loss_fn, precision), steps)
+    decoder = TokenDecoder("cnn", grid, k, model=model)
+    decode_s = median_seconds(lambda: decoder.decode(inputs.test_tokens[:1000], d.batch_size, CPU, precision), 2, 1)
+    total_steps = math.ceil(N_TRAIN / d.batch_size) * d.epochs
+    # decoded per run: the PSNR curve's test images after every epoch, the test set at the end
+    decoded = dt.CURVE_IMAGES * d.epochs + N_TEST
+    return {"step_s": step_s, "steps": total_steps, "decode_1000_s": decode_s,
+            "projected_s": total_steps * step_s + decoded / 1000 * decode_s}  # fmt: skip
+
+
+def bench_train(p: Params, precision: str, steps: int) -> dict:
+    tr, k, grid = p.train, p.codebook.k, p.extract.grid
+    cfg = model_config(tr, TokenMeta(k, grid, grid, 10, tuple(map(str, range(10))), p.extract.encoder, 1, "bench"))
+    torch.manual_seed(0)
+    model = GPT(cfg).train()
+    opt = torch.optim.AdamW(model.param_groups(tr.weight_decay), lr=tr.lr, betas=(tr.beta1, tr.beta2))
+    scaler = grad_scaler(CPU, precision)
+    codes = torch.randint(0, k, (tr.batch_size, grid * grid))
+    inputs = training_inputs(codes, cfg.prefix(torch.arange(tr.batch_size) % 10, tr.batch_size, CPU))
+    step_s = median_seconds(
+        lambda: train_step(model, model.parameters(), opt, scaler, inputs, codes, precision, tr.grad_clip), steps
+    )
+    test = TokenSplit(torch.randint(0, k, (1000, grid * grid)), torch.arange(1000) % 10)
+    nll_s = median_seconds(lambda: mean_nll(model, test, 2 * tr.batch_size, CPU, precision), 2, 1)
+    total_steps = N_TRAIN // tr.batch_size * tr.epochs
+    return {"step_s": step_s, "tokens_per_s": tr.batch_size * cfg.block_size / step_s, "steps": total_steps,
+            "test_nll_1000_s": nll_s, "projected_s": total_steps * step_s + tr.epochs * N_TEST / 1000 * nll_s}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per training stage (after 2 warm-up steps)")
+    ap.add_argument("--extract-images", type=int, default=3000)
+    ap.add_argument("--precision", help="run every stage in this precision instead of the params' (e.g. bf16)")
+    ap.add_argument("--only", nargs="*", default=["extract", "decoder", "train"])
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    p = load_cpu_preset(ROOT / "params.yaml")
+    out: dict = {"cpu": describe_cpu(), "threads": args.threads, "load_average": list(os.getloadavg())}
+    mm = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    out["matmul_512_gflops_1_thread"] = mm
+    print(f"(a) {out['cpu']}; load average {out['load_average'][0]:.1f}\n    512x512 matmul, 1 thread: fp32 "
+          f"{mm['fp32']:.1f} GFLOP/s, bf16 {mm['bf16']:.1f} GFLOP/s (bf16/fp32 = {mm['bf16'] / mm['fp32']:.2f})")
+    stages = {
+        "extract": lambda prec: bench_extract(p, prec, args.extract_images),
+        "decoder": lambda prec: bench_decoder(p, prec, args.steps),
+        "train": lambda prec: bench_train(p, prec, args.steps),
+    }
+    for name in args.only:
+        section = getattr(p, name)
+        precision = resolve_precision(args.precision or section.precision, CPU, f"{name}.precision")
+        r = stages[name](precision) | {"precision": precision}
+        out[name] = r
+        rate = (f"{r['images_per_s']:.0f} images/s" if name == "extract" else
+                f"{r['step_s']:.3f} s/step ({p.decoder.batch_size / r['step_s']:.0f} images/s)" if name == "decoder" else
+                f"{r['step_s']:.3f} s/step ({r['tokens_per_s']:,.0f} tokens/s)")  # fmt: skip
+        print(f"    {name:8s} {precision}: {rate} -> {r['projected_s'] / 60:.1f} min for the preset")
+    if set(args.only) == set(stages):
+        total = sum(out[s]["projected_s"] for s in stages) + sum(OTHER_STAGES_S.values())
+        out["projected_total_min"] = total / 60
+        print(f"(e) whole preset: {total / 60:.1f} min (extract + decoder + train as above; download, codebook, sample, "
+              f"evaluate {sum(OTHER_STAGES_S.values())} s as measured on the AMX CPU)")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
