@@ -1,7 +1,7 @@
 """The CPU preset on this CPU: the speed of its three long stages in the precision they resolve here, and the
 whole preset's time projected from short timed runs (the preset itself is not run).
 
-    TORCH_HOME=../shared/torch-home nice -n 10 .venv/bin/python bench/bench_cpu_preset.py [--json out.json]
+    TORCH_HOME=../shared/torch-home nice -n 10 .venv/bin/python bench/bench_cpu_preset.py [--threads 1] [--json out.json]
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ... (the same, as an AVX2-only CPU: no native bf16)
 
 (a) the CPU as torch sees it, and a 512x512 matrix product in fp32 vs bf16 on one thread: where bf16 is only
@@ -12,8 +12,9 @@ whole preset's time projected from short timed runs (the preset itself is not ru
 (d) train: the stage's train_step at the preset's GPT params, times the preset's steps, plus the
     per-epoch test NLL passes;
 (e) the whole preset: (b)-(d) plus the other stages as measured in the README's fresh-clone preset run.
-Each timing is the median of a few steps after warm-up, in wall time on --threads threads: on shared
-cores, repeat the run and keep the fastest.
+Each timing is the fastest of a few steps after warm-up in this process's CPU time (time.process_time),
+by default on one thread: other processes on shared cores inflate wall time far more than CPU time, so
+the projections are what one idle core would take (a second core shortens them by less than half).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -64,22 +64,23 @@ def matmul_gflops(dtype: torch.dtype, n: int = 512, repeats: int = 5) -> float:
     a @ b
     best = float("inf")
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = time.process_time()
         a @ b
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.process_time() - t)
     torch.set_num_threads(threads)
     return 2 * n**3 / best / 1e9
 
 
-def median_seconds(fn, steps: int, warmup: int = 2) -> float:
+def best_seconds(fn, steps: int, warmup: int = 2) -> float:
+    """The fastest of `steps` calls of `fn` after `warmup`, in CPU seconds of this process."""
     for _ in range(warmup):
         fn()
-    times = []
+    best = float("inf")
     for _ in range(steps):
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        best = min(best, time.process_time() - t)
+    return best
 
 
 def bench_extract(p: Params, precision: str, n: int) -> dict:
@@ -89,12 +90,13 @@ def bench_extract(p: Params, precision: str, n: int) -> dict:
     splits = {s: Split(rng.integers(0, 256, (m, 32, 32, 3), dtype=np.uint8), np.arange(m, dtype=np.uint8) % 10)
               for s, m in (("train", n * 5 // 6), ("test", n // 6))}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        summary = write_features(Path(tmp, "f.h5"), encoder, splits, spec, batch_size=p.extract.batch_size, device=CPU,
-                                 precision=precision, standardize=p.extract.standardize,
-                                 channels_last=has_convs(encoder))  # fmt: skip
-        seconds = time.perf_counter() - t
-    rate = summary["images"] / seconds
+
+        def run() -> None:
+            write_features(Path(tmp, "f.h5"), encoder, splits, spec, batch_size=p.extract.batch_size, device=CPU,
+                           precision=precision, standardize=p.extract.standardize, channels_last=has_convs(encoder))
+
+        seconds = best_seconds(run, 2, 0)
+    rate = sum(len(s.images) for s in splits.values()) / seconds
     return {"images_per_s": rate, "projected_s": (N_TRAIN + N_TEST) / rate}
 
 
@@ -122,9 +124,9 @@ def bench_decoder(p: Params, precision: str, steps: int) -> dict:
     scaler, loss_fn = grad_scaler(CPU, precision), dt.training_loss(d, feature_loss)
     tokens = torch.from_numpy(inputs.train_tokens[: d.batch_size].astype(np.int64))
     target = to_float_nchw(inputs.train_images[: d.batch_size], CPU)
-    step_s = median_seconds(lambda: dt.training_step(model, optimizer, scaler, tokens, target, loss_fn, precision), steps)
+    step_s = best_seconds(lambda: dt.training_step(model, optimizer, scaler, tokens, target, loss_fn, precision), steps)
     decoder = TokenDecoder("cnn", grid, k, model=model)
-    decode_s = median_seconds(lambda: decoder.decode(inputs.test_tokens[:1000], d.batch_size, CPU, precision), 2, 1)
+    decode_s = best_seconds(lambda: decoder.decode(inputs.test_tokens[:1000], d.batch_size, CPU, precision), 2, 1)
     total_steps = math.ceil(N_TRAIN / d.batch_size) * d.epochs
     # decoded per run: the PSNR curve's test images after every epoch, the test set at the end
     decoded = dt.CURVE_IMAGES * d.epochs + N_TEST
@@ -132,7 +134,7 @@ def bench_decoder(p: Params, precision: str, steps: int) -> dict:
             "projected_s": total_steps * step_s + decoded / 1000 * decode_s}  # fmt: skip
 
 
-def bench_train(p: Params, precision: str, steps: int) -> dict:
+def bench_train(p: Params, precision: str, steps: int, compile: bool) -> dict:
     tr, k, grid = p.train, p.codebook.k, p.extract.grid
     cfg = model_config(tr, TokenMeta(k, grid, grid, 10, tuple(map(str, range(10))), p.extract.encoder, 1, "bench"))
     torch.manual_seed(0)
@@ -141,11 +143,12 @@ def bench_train(p: Params, precision: str, steps: int) -> dict:
     scaler = grad_scaler(CPU, precision)
     codes = torch.randint(0, k, (tr.batch_size, grid * grid))
     inputs = training_inputs(codes, cfg.prefix(torch.arange(tr.batch_size) % 10, tr.batch_size, CPU))
-    step_s = median_seconds(
-        lambda: train_step(model, model.parameters(), opt, scaler, inputs, codes, precision, tr.grad_clip), steps
+    net = torch.compile(model) if compile else model  # train.compile: the stage does the same
+    step_s = best_seconds(
+        lambda: train_step(net, model.parameters(), opt, scaler, inputs, codes, precision, tr.grad_clip), steps
     )
     test = TokenSplit(torch.randint(0, k, (1000, grid * grid)), torch.arange(1000) % 10)
-    nll_s = median_seconds(lambda: mean_nll(model, test, 2 * tr.batch_size, CPU, precision), 2, 1)
+    nll_s = best_seconds(lambda: mean_nll(model, test, 2 * tr.batch_size, CPU, precision), 2, 1)
     total_steps = N_TRAIN // tr.batch_size * tr.epochs
     return {"step_s": step_s, "tokens_per_s": tr.batch_size * cfg.block_size / step_s, "steps": total_steps,
             "test_nll_1000_s": nll_s, "projected_s": total_steps * step_s + tr.epochs * N_TEST / 1000 * nll_s}
@@ -153,11 +156,12 @@ def bench_train(p: Params, precision: str, steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per training stage (after 2 warm-up steps)")
     ap.add_argument("--extract-images", type=int, default=3000)
     ap.add_argument("--precision", help="run every stage in this precision instead of the params' (e.g. bf16)")
     ap.add_argument("--only", nargs="*", default=["extract", "decoder", "train"])
+    ap.add_argument("--compile", action="store_true", help="train with torch.compile (train.compile: true)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -170,17 +174,20 @@ def main() -> None:
     stages = {
         "extract": lambda prec: bench_extract(p, prec, args.extract_images),
         "decoder": lambda prec: bench_decoder(p, prec, args.steps),
-        "train": lambda prec: bench_train(p, prec, args.steps),
+        "train": lambda prec: bench_train(p, prec, args.steps, args.compile or p.train.compile),
     }
     for name in args.only:
         section = getattr(p, name)
         precision = resolve_precision(args.precision or section.precision, CPU, f"{name}.precision")
         r = stages[name](precision) | {"precision": precision}
+        if name == "train":
+            r["compile"] = args.compile or p.train.compile
         out[name] = r
         rate = (f"{r['images_per_s']:.0f} images/s" if name == "extract" else
                 f"{r['step_s']:.3f} s/step ({p.decoder.batch_size / r['step_s']:.0f} images/s)" if name == "decoder" else
                 f"{r['step_s']:.3f} s/step ({r['tokens_per_s']:,.0f} tokens/s)")  # fmt: skip
-        print(f"    {name:8s} {precision}: {rate} -> {r['projected_s'] / 60:.1f} min for the preset")
+        compiled = " compiled" if r.get("compile") else ""
+        print(f"    {name:8s} {precision}{compiled}: {rate} -> {r['projected_s'] / 60:.1f} min for the preset")
     if set(args.only) == set(stages):
         total = sum(out[s]["projected_s"] for s in stages) + sum(OTHER_STAGES_S.values())
         out["projected_total_min"] = total / 60
