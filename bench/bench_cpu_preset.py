@@ -6,11 +6,12 @@ whole preset's time projected from short timed runs (the preset itself is not ru
 
 (a) the CPU as torch sees it, and a 512x512 matrix product in fp32 vs bf16 on one thread: where bf16 is only
     emulated (AVX2 CPUs) it is many times slower, which is why `precision: auto` resolves to fp32 there;
-(b) extract: the stage's write_features on a slice of synthetic CIFAR-sized images, scaled to 60,000;
+(b) extract: the stage's write_features on a slice of synthetic CIFAR-sized images, scaled to every split
+    it encodes (the mirrored train images too with extract.flip);
 (c) decoder: the stage's training_step (pixel + perceptual loss through the real encoder layers) at the
     preset's decoder params, times the preset's steps, plus its decoding passes;
 (d) train: the stage's train_step at the preset's GPT params, times the preset's steps, plus the
-    per-epoch test NLL passes;
+    per-epoch validation NLL passes;
 (e) the whole preset: (b)-(d) plus the other stages as measured in the README's fresh-clone preset run.
 Each timing is the fastest of a few steps after warm-up in this process's CPU time (time.process_time),
 by default on one thread: other processes on shared cores inflate wall time far more than CPU time, so
@@ -50,7 +51,13 @@ from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN  # noqa: E402
 from pipeline.tokenizer.decoding import TokenDecoder  # noqa: E402
 from pipeline.tokenizer.files import TokenMeta, TokenSplit  # noqa: E402
 
-N_TRAIN, N_TEST = 50_000, 10_000
+N_CIFAR_TRAIN, N_TEST = 50_000, 10_000
+
+
+def split_sizes(p: Params) -> dict[str, int]:
+    """Images per split as the download stage writes them, and what extract encodes (mirrored train too)."""
+    train, val = N_CIFAR_TRAIN - p.download.val_size, p.download.val_size
+    return {"train": train, "val": val, "test": N_TEST, "extract": N_CIFAR_TRAIN + N_TEST + train * p.extract.flip}
 # The other stages of the README's fresh-clone CPU-preset run on this project's 2-core AMX CPU, in seconds:
 # fp32 code paths (FAISS, sampling, FID features) that the precision does not change.
 OTHER_STAGES_S = {"download": 2, "codebook": 59, "sample": 7, "evaluate": 35}
@@ -97,7 +104,7 @@ def bench_extract(p: Params, precision: str, n: int) -> dict:
 
         seconds = best_seconds(run, 2, 0)
     rate = sum(len(s.images) for s in splits.values()) / seconds
-    return {"images_per_s": rate, "projected_s": (N_TRAIN + N_TEST) / rate}
+    return {"images_per_s": rate, "projected_s": split_sizes(p)["extract"] / rate}
 
 
 def bench_decoder(p: Params, precision: str, steps: int) -> dict:
@@ -127,9 +134,9 @@ def bench_decoder(p: Params, precision: str, steps: int) -> dict:
     step_s = best_seconds(lambda: dt.training_step(model, optimizer, scaler, tokens, target, loss_fn, precision), steps)
     decoder = TokenDecoder("cnn", grid, k, model=model)
     decode_s = best_seconds(lambda: decoder.decode(inputs.test_tokens[:1000], d.batch_size, CPU, precision), 2, 1)
-    total_steps = math.ceil(N_TRAIN / d.batch_size) * d.epochs
-    # decoded per run: the PSNR curve's test images after every epoch, the test set at the end
-    decoded = dt.CURVE_IMAGES * d.epochs + N_TEST
+    total_steps = math.ceil(split_sizes(p)["train"] / d.batch_size) * d.epochs
+    # decoded per run: the PSNR curve's images after every epoch, the validation split at the end
+    decoded = dt.CURVE_IMAGES * d.epochs + split_sizes(p)["val"]
     return {"step_s": step_s, "steps": total_steps, "decode_1000_s": decode_s,
             "projected_s": total_steps * step_s + decoded / 1000 * decode_s}  # fmt: skip
 
@@ -149,9 +156,9 @@ def bench_train(p: Params, precision: str, steps: int, compile: bool) -> dict:
     )
     test = TokenSplit(torch.randint(0, k, (1000, grid * grid)), torch.arange(1000) % 10)
     nll_s = best_seconds(lambda: mean_nll(model, test, 2 * tr.batch_size, CPU, precision), 2, 1)
-    total_steps = N_TRAIN // tr.batch_size * tr.epochs
+    total_steps = split_sizes(p)["train"] // tr.batch_size * tr.epochs
     return {"step_s": step_s, "tokens_per_s": tr.batch_size * cfg.block_size / step_s, "steps": total_steps,
-            "test_nll_1000_s": nll_s, "projected_s": total_steps * step_s + tr.epochs * N_TEST / 1000 * nll_s}
+            "nll_1000_s": nll_s, "projected_s": total_steps * step_s + tr.epochs * split_sizes(p)["val"] / 1000 * nll_s}
 
 
 def main() -> None:
