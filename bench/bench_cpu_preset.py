@@ -120,9 +120,9 @@ def bench_decoder(p: Params, precision: str, steps: int) -> dict:
         grid=grid, feature_attrs={"input_size": spec.input_size, "pool": spec.pool}, mean=None, std=None,
         train_tokens=rng.integers(0, k, (n, grid * grid)).astype(np.uint16),
         train_images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-        test_tokens=rng.integers(0, k, (n, grid * grid)).astype(np.uint16),
-        test_images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-        test_labels=np.arange(n) % 10, input_hashes={},
+        val_tokens=rng.integers(0, k, (n, grid * grid)).astype(np.uint16),
+        val_images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        val_labels=np.arange(n) % 10, input_hashes={},
     )  # fmt: skip
     feature_loss = dt.build_feature_loss(inputs, CPU) if d.perceptual_weight > 0 else None
     config = DecoderConfig(in_channels=dim, grid=grid, k=k, channels=d.channels, res_blocks=d.res_blocks)
@@ -133,7 +133,7 @@ def bench_decoder(p: Params, precision: str, steps: int) -> dict:
     target = to_float_nchw(inputs.train_images[: d.batch_size], CPU)
     step_s = best_seconds(lambda: dt.training_step(model, optimizer, scaler, tokens, target, loss_fn, precision), steps)
     decoder = TokenDecoder("cnn", grid, k, model=model)
-    decode_s = best_seconds(lambda: decoder.decode(inputs.test_tokens[:1000], d.batch_size, CPU, precision), 2, 1)
+    decode_s = best_seconds(lambda: decoder.decode(inputs.val_tokens[:1000], d.batch_size, CPU, precision), 2, 1)
     total_steps = math.ceil(split_sizes(p)["train"] / d.batch_size) * d.epochs
     # decoded per run: the PSNR curve's images after every epoch, the validation split at the end
     decoded = dt.CURVE_IMAGES * d.epochs + split_sizes(p)["val"]

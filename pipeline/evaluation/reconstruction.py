@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from pipeline.core.images import to_float_nchw
 from pipeline.evaluation.classifier import classify, load_evaluator
@@ -31,6 +30,8 @@ def to_float(images: np.ndarray) -> torch.Tensor:
 
 def psnr(originals: np.ndarray, reconstructions: np.ndarray) -> float:
     """Mean per-image PSNR in dB (inf when every pair is identical)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio  # slow to import (torchvision): only here
+
     _check_pair(originals, reconstructions)
     values = []
     for i in range(0, len(originals), METRIC_BATCH):
@@ -41,6 +42,8 @@ def psnr(originals: np.ndarray, reconstructions: np.ndarray) -> float:
 
 def ssim(originals: np.ndarray, reconstructions: np.ndarray) -> float:
     """Mean SSIM over images (1.0 for identical images)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure  # slow to import: only here
+
     _check_pair(originals, reconstructions)
     total = 0.0
     for i in range(0, len(originals), METRIC_BATCH):
