@@ -167,8 +167,8 @@ def main() -> None:
         print(f"  {config:13s} batch {r['batch']:4d}: {r['tokens_per_s']:12,.0f} tokens/s, {r['step_ms']:7.2f} ms/step, "
               f"MFU {100 * r['mfu']:5.1f} %  (warm-up {r['warmup_s']:.1f} s, config {time.perf_counter() - t:.0f} s, "
               f"loss {r['loss']:.3f})", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        if args.json:  # after every config: a run cut short by a time limit keeps what it measured
+            args.json.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
