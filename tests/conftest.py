@@ -34,6 +34,22 @@ requires_real_weights = pytest.mark.skipif(
 )
 
 
+def inception_weights() -> Path | None:
+    """The verified Inception weights file when this machine has one (`make venv` puts it in the cache)."""
+    from pipeline.core.errors import PipelineError
+    from pipeline.evaluation.inception import find_weights
+
+    try:
+        return find_weights()
+    except PipelineError:
+        return None
+
+
+requires_inception = pytest.mark.skipif(
+    inception_weights() is None, reason="Inception weights absent (make venv / python -m pipeline.evaluation.inception)"
+)
+
+
 @pytest.fixture
 def torch_home(monkeypatch) -> Path:
     """TORCH_HOME pointed at the real pre-trained weights; the test skips where they are absent."""
