@@ -131,6 +131,8 @@ def tiny_pipeline(tmp_path_factory) -> tuple[Path, str]:
     synthetic images), shared by the session: (repository, dvc's output). Tests change a `copy_run` of it."""
     if not (TORCH_HOME / "hub" / "checkpoints").is_dir():
         pytest.skip(f"pre-trained weights not at {TORCH_HOME}")
+    if inception_weights() is None:
+        pytest.skip("Inception weights absent (make venv / python -m pipeline.evaluation.inception)")
     root = tmp_path_factory.mktemp("tiny-pipeline")
     repo = copy_repo(root / "repo")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
