@@ -23,7 +23,7 @@ def reference(params: Path = PARAMS_OPTION) -> None:
     """Inception features of the real images: the whole training set (sample FID/KID) and test (rFID, floor)."""
     from pipeline.core.atomic import write_json
     from pipeline.core.progress import Eta
-    from pipeline.core.runtime import resolve_device
+    from pipeline.core.runtime import describe_cpu, native, resolve_device
     from pipeline.data import cifar10
     from pipeline.evaluation import inception
     from pipeline.evaluation.reference import build_reference, description, fid_to, write_reference
@@ -35,7 +35,11 @@ def reference(params: Path = PARAMS_OPTION) -> None:
     model = inception.load_inception()
     train, test = cifar10.read_source_train(RAW), cifar10.read_split(RAW, "test")
     total = sum(min(n or len(split.images), len(split.images)) for n, split in ((p.n_train, train), (p.n_test, test)))
-    hint = slow_cpu_hint("reference", p, p.precision) if device.type == "cpu" else ""
+    hint = ""
+    if device.type == "cpu":  # reference.precision has no `auto` (FID must not depend on the machine)
+        emulated = p.precision == "bf16" and not native(device, "bf16")
+        hint = (f"reference.precision = bf16 is emulated on this CPU ({describe_cpu()}): set it to fp32" if emulated
+                else slow_cpu_hint("reference", p, p.precision))  # fmt: skip
     eta = Eta("reference (Inception features)", total, "images", slow_minutes=SLOW_MINUTES, slow_hint=hint)
     t0 = time.perf_counter()
     ref = build_reference(model, train.images, test.images, n_train=p.n_train, n_test=p.n_test,
