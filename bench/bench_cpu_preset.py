@@ -12,7 +12,10 @@ whole preset's time projected from short timed runs (the preset itself is not ru
     preset's decoder params, times the preset's steps, plus its decoding passes;
 (d) train: the stage's train_step at the preset's GPT params, times the preset's steps, plus the
     per-epoch validation NLL passes;
-(e) the whole preset: (b)-(d) plus the other stages as measured in the README's fresh-clone preset run.
+(i) inception: Inception features (preprocessing + network) in reference.precision, times the images the
+    reference, reconstruct and evaluate stages encode under the preset;
+(e) the whole preset: (b)-(d) and (i) plus the other stages as measured in the README's fresh-clone preset run
+    (whose evaluate predates the Inception features).
 Each timing is the fastest of a few steps after warm-up in this process's CPU time (time.process_time),
 by default on one thread: other processes on shared cores inflate wall time far more than CPU time, so
 the projections are what one idle core would take (a second core shortens them by less than half).
@@ -38,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.core.images import to_float_nchw  # noqa: E402
 from pipeline.core.runtime import describe_cpu, grad_scaler, resolve_precision  # noqa: E402
 from pipeline.data.cifar10 import Split  # noqa: E402
+from pipeline.evaluation import inception  # noqa: E402
 from pipeline.features.encoders import build_encoder  # noqa: E402
 from pipeline.features.extract import extract_spec, has_convs, write_features  # noqa: E402
 from pipeline.gpt.likelihood import mean_nll  # noqa: E402
@@ -161,13 +165,34 @@ def bench_train(p: Params, precision: str, steps: int, compile: bool) -> dict:
             "nll_1000_s": nll_s, "projected_s": total_steps * step_s + tr.epochs * split_sizes(p)["val"] / 1000 * nll_s}
 
 
+def inception_images(p: Params) -> dict[str, int]:
+    """Images each Inception stage encodes under params `p`."""
+    train, test = min(p.reference.n_train or N_CIFAR_TRAIN, N_CIFAR_TRAIN), min(p.reference.n_test or N_TEST, N_TEST)
+    return {"reference": train + test, "reconstruct": min(p.reconstruct.n_images or test, test),
+            "evaluate": p.evaluate.n_samples}  # fmt: skip
+
+
+@torch.inference_mode()
+def bench_inception(p: Params, precision: str, steps: int, batch: int = 25) -> dict:
+    fast = inception.inference_form(inception.load_inception(), CPU, precision)
+    images = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+
+    def run() -> None:
+        x = inception.preprocess(images, CPU).to(inception.DTYPES[precision])
+        fast(x.contiguous(memory_format=torch.channels_last))
+
+    rate = batch / best_seconds(run, max(2, steps // 3), 1)
+    counts = inception_images(p)
+    return {"images_per_s": rate, "images": counts, "projected_s": sum(counts.values()) / rate}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per training stage (after 2 warm-up steps)")
     ap.add_argument("--extract-images", type=int, default=3000)
     ap.add_argument("--precision", help="run every stage in this precision instead of the params' (e.g. bf16)")
-    ap.add_argument("--only", nargs="*", default=["extract", "decoder", "train"])
+    ap.add_argument("--only", nargs="*", default=["extract", "decoder", "train", "inception"])
     ap.add_argument("--compile", action="store_true", help="train with torch.compile (train.compile: true)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -182,15 +207,17 @@ def main() -> None:
         "extract": lambda prec: bench_extract(p, prec, args.extract_images),
         "decoder": lambda prec: bench_decoder(p, prec, args.steps),
         "train": lambda prec: bench_train(p, prec, args.steps, args.compile or p.train.compile),
+        "inception": lambda prec: bench_inception(p, prec, args.steps),
     }
     for name in args.only:
-        section = getattr(p, name)
+        section = p.reference if name == "inception" else getattr(p, name)
         precision = resolve_precision(args.precision or section.precision, CPU, f"{name}.precision")
         r = stages[name](precision) | {"precision": precision}
         if name == "train":
             r["compile"] = args.compile or p.train.compile
         out[name] = r
-        rate = (f"{r['images_per_s']:.0f} images/s" if name == "extract" else
+        rate = (f"{r['images_per_s']:.1f} images/s for {sum(r['images'].values())} images" if name == "inception" else
+                f"{r['images_per_s']:.0f} images/s" if name == "extract" else
                 f"{r['step_s']:.3f} s/step ({p.decoder.batch_size / r['step_s']:.0f} images/s)" if name == "decoder" else
                 f"{r['step_s']:.3f} s/step ({r['tokens_per_s']:,.0f} tokens/s)")  # fmt: skip
         compiled = " compiled" if r.get("compile") else ""
@@ -198,8 +225,8 @@ def main() -> None:
     if set(args.only) == set(stages):
         total = sum(out[s]["projected_s"] for s in stages) + sum(OTHER_STAGES_S.values())
         out["projected_total_min"] = total / 60
-        print(f"(e) whole preset: {total / 60:.1f} min (extract + decoder + train as above; download, codebook, sample, "
-              f"evaluate {sum(OTHER_STAGES_S.values())} s as measured on the AMX CPU)")
+        print(f"(e) whole preset: {total / 60:.1f} min (extract + decoder + train + inception as above; download, "
+              f"codebook, sample, evaluate {sum(OTHER_STAGES_S.values())} s as measured on the AMX CPU)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 

@@ -25,6 +25,9 @@ Device = Literal["auto", "cpu", "cuda"]
 # auto: what the hardware does natively (pipeline/core/runtime.py has the table); fp16 is for CUDA
 # cards without bf16.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# Inception features: an explicit precision, never hardware-dependent, so references compare across machines.
+FeaturePrecision = Literal["fp32", "bf16"]
+Evaluator = Literal["cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56"]  # pre-trained classifiers
 
 
 class ParamsError(PipelineError):
@@ -138,10 +141,32 @@ class SampleParams(Section):
     device: Device
 
 
+class ReferenceParams(Section):
+    # Real images whose Inception features are the reference: a seeded subset of each split (null: all).
+    # Sample FID/KID compare with the train statistics, rFID and the floor use the test set.
+    n_train: int | None = Field(ge=2)
+    n_test: int | None = Field(ge=2)
+    kid_images: int = Field(ge=2)  # train features kept (a seeded subset) for the samples' KID
+    batch_size: int = Field(ge=1)
+    precision: FeaturePrecision  # of the Inception features; evaluate and reconstruct use the same
+    seed: int = Field(ge=0)
+    device: Device
+
+
+class ReconstructParams(Section):
+    # Test images reconstructed from their tokens and scored (the first n; null: all, as published rFIDs).
+    n_images: int | None = Field(ge=2)
+    batch_size: int = Field(ge=1)
+    device: Device
+
+
 class EvaluateParams(Section):
-    # Images in each set compared with the test set (samples, reconstructions, train images): a seeded
-    # subset of data/samples, which must hold at least this many. FID depends on the set size, so
-    # the reference sets have the same size.
+    # The classifier that scores images (reconstructions in the reconstruct stage, samples here). It must
+    # not be the tokenizer's own network (extract.encoder): see Params._evaluator_is_independent.
+    evaluator: Evaluator
+    # Samples scored (a seeded subset of data/samples, which must hold at least this many): Inception
+    # FID/KID against the train statistics and, for the floor, as many test images the same way. FID
+    # depends on the set size, so every FID of this stage uses this many images.
     n_samples: int = Field(ge=2)
     batch_size: int = Field(ge=1)
     kid_subset_size: int = Field(ge=2)  # KID averages over 100 random subsets of this size
@@ -162,6 +187,8 @@ class Params(Section):
     decoder: DecoderParams
     train: TrainParams
     sample: SampleParams
+    reference: ReferenceParams
+    reconstruct: ReconstructParams
     evaluate: EvaluateParams
 
     @field_validator("*", mode="before")
@@ -171,13 +198,25 @@ class Params(Section):
             raise ValueError(f"expected a mapping of keys, got {type(value).__name__}")
         return value if value is not None else {}
 
+    @model_validator(mode="after")
+    def _evaluator_is_independent(self) -> Params:
+        if self.evaluate.evaluator == self.extract.encoder:
+            raise ValueError(
+                f"evaluate.evaluator = {self.evaluate.evaluator!r} is also extract.encoder, the tokenizer's network "
+                "(its features are the tokens and the decoder's perceptual loss): an evaluator must be independent "
+                "of what it grades; set evaluate.evaluator to another of " + ", ".join(Evaluator.__args__)
+            )
+        return self
+
 
 def _explain(error: ValidationError, path: Path) -> str:
     lines = [f"{path}: {error.error_count()} invalid value(s)"]
     for e in error.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<top level>"
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if not e["loc"]:  # a rule across sections: its message names the keys
+            lines.append(f"  {msg}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (check the spelling; allowed keys are in pipeline/params.py)")
         elif e["type"] == "missing":
             lines.append(f"  {key}: missing")

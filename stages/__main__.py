@@ -7,9 +7,11 @@ from stages import app, setup_logging
 
 # Importing a stage module registers its sub-command on `app`, in pipeline order.
 from stages import download  # noqa: E402,F401
+from stages import reference  # noqa: E402,F401
 from stages import extract  # noqa: E402,F401
 from stages import codebook  # noqa: E402,F401
 from stages import decoder  # noqa: E402,F401
+from stages import reconstruct  # noqa: E402,F401
 from stages import train  # noqa: E402,F401
 from stages import sample  # noqa: E402,F401
 from stages import evaluate  # noqa: E402,F401

@@ -2,7 +2,7 @@
 
 CNN tokenizers train the inverse CNN (resuming from data/checkpoints/decoder); the `pixels`
 tokenizer gets its palette decoder with no training. Both are scored the same way on the validation
-split (model selection); the evaluate stage reports the test split.
+split (model selection); the reconstruct stage reports the test split.
 """
 
 import logging
@@ -26,7 +26,7 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
     from pipeline.core.hashing import code_sha256
     from pipeline.core.images import write_png
     from pipeline.core.runtime import resolve_device, resolve_precision
-    from pipeline.evaluation.reconstruction import reconstruction_metrics
+    from pipeline.evaluation.reconstruction import pixel_metrics
     from pipeline.params import load_params
     from pipeline.tokenizer import decoder_training as dt
     from pipeline.tokenizer.decoding import load_token_decoder, save_cnn_decoder, save_palette_decoder
@@ -54,7 +54,7 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
     t0 = time.perf_counter()
     token_decoder = load_token_decoder(DECODER_DIR)
     reconstructions = token_decoder.decode(inputs.val_tokens, p.batch_size, device)
-    metrics = reconstruction_metrics(inputs.val_images, reconstructions, inputs.val_labels, p.batch_size, device)
+    metrics = pixel_metrics(inputs.val_images, reconstructions)  # classifier scores: the reconstruct stage
     metrics.update(
         split="val", kind=token_decoder.kind, encoder=inputs.encoder, tokens_per_image=int(inputs.val_tokens.shape[1]),
         k=token_decoder.k, n_images=len(reconstructions), epochs=len(history), train_seconds=round(train_seconds, 1),
@@ -63,8 +63,6 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
     write_json(METRICS_JSON, metrics)
     write_png(dt.reconstruction_grid(inputs.val_images, reconstructions), GRID_PNG)
     log.info(
-        "decoder (%s, %d tokens/image): val PSNR %.2f dB, SSIM %.3f, classifier accuracy %.1f %% on reconstructions "
-        "vs %.1f %% on originals -> %s, %s",
-        token_decoder.kind, metrics["tokens_per_image"], metrics["psnr_db"], metrics["ssim"],
-        100 * metrics["accuracy_reconstructions"], 100 * metrics["accuracy_originals"], METRICS_JSON, GRID_PNG,
+        "decoder (%s, %d tokens/image): val PSNR %.2f dB, SSIM %.3f -> %s, %s",
+        token_decoder.kind, metrics["tokens_per_image"], metrics["psnr_db"], metrics["ssim"], METRICS_JSON, GRID_PNG,
     )  # fmt: skip

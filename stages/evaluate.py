@@ -1,9 +1,10 @@
-"""evaluate: GPT test NLL, tokenizer reconstructions and sample quality -> metrics/eval.json, plots/eval_classes.csv.
+"""evaluate: GPT test NLL and sample quality -> metrics/eval.json, plots/eval_classes.csv.
 
-Sample distances (Fréchet distance, KID) live in the evaluator's (evaluation/classifier.py) pooled feature space
-and compare evaluate.n_samples images of data/samples with the 10,000 test images; the same number of
-test reconstructions and of train images are scored the same way as reference points (the train
-images give the floor a perfect generator would reach with that many images).
+Samples (evaluate.n_samples of data/samples) are scored in Inception features against the train
+statistics of the reference stage (FID, KID) next to the floor, as many reference test images scored
+the same way; the independent evaluator (evaluate.evaluator) gives class agreement and a fast proxy
+distance in its own features (pipeline/evaluation/distribution.py). The tokenizer is scored by the
+reconstruct stage.
 """
 
 import logging
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 from stages import PARAMS_OPTION, app
-from stages.paths import DECODER_DIR, GPT_DIR, METRICS, PLOTS, RAW, SAMPLES, TOKENS
+from stages.paths import DECODER_DIR, GPT_DIR, METRICS, PLOTS, RAW, REFERENCE, SAMPLES, TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -22,21 +23,20 @@ CLASSES_CSV = PLOTS / "eval_classes.csv"
 
 @app.command()
 def evaluate(params: Path = PARAMS_OPTION) -> None:
-    """Score the GPT (test NLL), the tokenizer (reconstructions) and the samples (FID/KID, class agreement)."""
+    """Score the GPT (test NLL) and the samples (Inception FID/KID vs the floor, class agreement)."""
     from pipeline.core.artifacts import read_model_config
     from pipeline.core.atomic import write_json
     from pipeline.core.errors import PipelineError
     from pipeline.core.plots import write_csv
     from pipeline.core.runtime import resolve_device, resolve_precision
     from pipeline.data import cifar10
-    from pipeline.evaluation.classifier import EVALUATOR_NAME
+    from pipeline.evaluation.classifier import evaluator_label, load_evaluator
     from pipeline.evaluation.distribution import sample_quality
-    from pipeline.evaluation.reconstruction import reconstruction_metrics
+    from pipeline.evaluation.reference import description, read_reference
     from pipeline.gpt import likelihood, sampling
     from pipeline.gpt.model import load_gpt
     from pipeline.params import load_params
     from pipeline.tokenizer import files as tok
-    from pipeline.tokenizer.decoding import load_token_decoder
 
     p = load_params(params).evaluate
     device = resolve_device(p.device)
@@ -57,22 +57,18 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     del model
 
     raw_train, raw_test = cifar10.read_split(RAW, "train"), cifar10.read_split(RAW, "test")
-    tok.check_aligned(test, raw_test.images, raw_test.labels, TOKENS, RAW, "test")
-    decoder = load_token_decoder(DECODER_DIR)
-    reconstructions = decoder.decode(test.tokens.numpy(), p.batch_size, device)
-    tokenizer = reconstruction_metrics(raw_test.images, reconstructions, raw_test.labels, p.batch_size, device)
-
+    ref = read_reference(REFERENCE)
     samples = sampling.read_samples(SAMPLES)
     if samples.tokens.shape[1] != meta.seq_len:
         raise PipelineError(f"{SAMPLES}: {samples.tokens.shape[1]} tokens per image vs {meta.seq_len} in {TOKENS}; re-run the sample stage")
     quality, per_class = sample_quality(
-        samples.images, samples.labels if samples.conditional else None, raw_test.images,
-        {"reconstructions": reconstructions, "train_images": raw_train.images},
-        n=p.n_samples, batch_size=p.batch_size, kid_subset_size=p.kid_subset_size, device=device, seed=p.seed,
+        samples.images, samples.labels if samples.conditional else None, raw_test.images, raw_train.images, ref,
+        evaluator=load_evaluator(p.evaluator), evaluator_name=p.evaluator, n=p.n_samples, batch_size=p.batch_size,
+        kid_subset_size=p.kid_subset_size, device=device, seed=p.seed,
     )  # fmt: skip
     metrics = {
-        "gpt": gpt, "tokenizer": tokenizer, **quality, "conditional": samples.conditional,
-        "n_test": len(raw_test.images), "device": str(device),
+        "gpt": gpt, **quality, "inception": description(ref), "evaluator": p.evaluator,
+        "conditional": samples.conditional, "device": str(device),
     }  # fmt: skip
     write_json(METRICS_JSON, metrics)
     names = samples.classes or cifar10.CLASSES
@@ -81,12 +77,12 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
         [(names[r["class"]], f"{r['share']:.4f}", "" if "agreement" not in r or math.isnan(r["agreement"]) else f"{r['agreement']:.4f}")
          for r in per_class],
     )  # fmt: skip
-    s, rec, tr = quality["samples"], quality["reference_reconstructions"], quality["reference_train_images"]
+    s, floor, label = quality["samples"], quality["floor_test_images"], evaluator_label(p.evaluator)
     log.info(
-        "GPT test %.4f nats/token (%.1f bits/image; unigram %.1f); tokenizer PSNR %.2f dB; samples fid_%s %.2f "
-        "(reconstructions %.2f, train images %.2f), class agreement %s -> %s (%.0f s)",
-        gpt["test_nll"], gpt["test_bits_per_image"], gpt["unigram_test_entropy_bits_per_image"], tokenizer["psnr_db"],
-        EVALUATOR_NAME, *(x[f"fid_{EVALUATOR_NAME}"] for x in (s, rec, tr)),
+        "GPT test %.4f nats/token (%.1f bits/image; unigram %.1f); %d samples: Inception FID %.2f (floor %.2f), "
+        "KID %.4f, fid_%s %.2f, class agreement %s -> %s (%.0f s)",
+        gpt["test_nll"], gpt["test_bits_per_image"], gpt["unigram_test_entropy_bits_per_image"], s["n"],
+        s["fid_inception"], floor["fid_inception"], s["kid_inception_mean"], label, s[f"fid_{label}"],
         "n/a" if s["class_agreement"] is None else f"{100 * s['class_agreement']:.1f} %", METRICS_JSON,
         time.perf_counter() - t0,
     )  # fmt: skip

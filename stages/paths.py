@@ -15,3 +15,4 @@ SAMPLE_GRID = Path("data/samples/grid.png")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 OUTPUT_ROOTS = (Path("data"), METRICS, PLOTS)  # every output lives under one of these
+REFERENCE = Path("data/reference/inception.h5")

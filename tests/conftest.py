@@ -34,6 +34,22 @@ requires_real_weights = pytest.mark.skipif(
 )
 
 
+def inception_weights() -> Path | None:
+    """The verified Inception weights file when this machine has one (`make venv` puts it in the cache)."""
+    from pipeline.core.errors import PipelineError
+    from pipeline.evaluation.inception import find_weights
+
+    try:
+        return find_weights()
+    except PipelineError:
+        return None
+
+
+requires_inception = pytest.mark.skipif(
+    inception_weights() is None, reason="Inception weights absent (make venv / python -m pipeline.evaluation.inception)"
+)
+
+
 @pytest.fixture
 def torch_home(monkeypatch) -> Path:
     """TORCH_HOME pointed at the real pre-trained weights; the test skips where they are absent."""
@@ -115,6 +131,8 @@ def tiny_pipeline(tmp_path_factory) -> tuple[Path, str]:
     synthetic images), shared by the session: (repository, dvc's output). Tests change a `copy_run` of it."""
     if not (TORCH_HOME / "hub" / "checkpoints").is_dir():
         pytest.skip(f"pre-trained weights not at {TORCH_HOME}")
+    if inception_weights() is None:
+        pytest.skip("Inception weights absent (make venv / python -m pipeline.evaluation.inception)")
     root = tmp_path_factory.mktemp("tiny-pipeline")
     repo = copy_repo(root / "repo")
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -36,7 +36,7 @@ def tiny_gpt(conditional: bool = True, k: int = K, seed: int = 0) -> GPT:
 
 
 def write_world(root: Path, conditional: bool = True, n_train: int = 60, n_test: int = 40, sample: dict | None = None,
-                evaluate: dict | None = None, model_k: int = K) -> Path:  # fmt: skip
+                evaluate: dict | None = None, model_k: int = K, reconstruct: dict | None = None) -> Path:  # fmt: skip
     """Tokens + raw images (aligned), GPT, decoder and a params.yaml under `root`; returns root."""
     rng = np.random.default_rng(0)
     raw = write_raw(root / RAW, n_train, n_test)
@@ -53,5 +53,6 @@ def write_world(root: Path, conditional: bool = True, n_train: int = 60, n_test:
     params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
     params["sample"].update({"n_per_class": 3, "batch_size": 7, "device": "cpu", **(sample or {})})
     params["evaluate"].update({"n_samples": 30, "batch_size": 16, "kid_subset_size": 10, "device": "cpu", **(evaluate or {})})
+    params["reconstruct"].update({"batch_size": 16, "device": "cpu", **(reconstruct or {})})
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root

@@ -39,6 +39,9 @@ def test_npz_to_h5_keeps_images_labels_and_provenance(synthetic_npz, tmp_path):
         assert f.attrs["source_sha256"] == sha256_file(synthetic_npz)
     back = cifar10.read_split(out, "test")
     np.testing.assert_array_equal(back.labels, src["y_test"])
+    whole = cifar10.read_source_train(out)  # train and val together, in the source's order
+    np.testing.assert_array_equal(whole.images, src["x_train"])
+    np.testing.assert_array_equal(whole.labels, src["y_train"])
 
 
 def test_validation_split_is_class_balanced_disjoint_and_stable():

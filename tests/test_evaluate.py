@@ -1,49 +1,99 @@
-"""The evaluate stage and its metrics: distances, likelihood baselines, eval.json on tiny real artifacts."""
+"""The reference, reconstruct and evaluate stages on tiny real artifacts; likelihood baselines, class table.
+
+The stages run the real Inception network (skipped without its weights file) and the real CIFAR ResNets.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from conftest import make_images, requires_real_weights
+from conftest import REPO, inception_weights, make_images, requires_inception, requires_real_weights, write_raw
 from pipeline.gpt import likelihood
 from pipeline.core.errors import PipelineError
 from pipeline.gpt.model import training_inputs
-from pipeline.evaluation.distribution import class_table, feature_distances, resnet_features
+from pipeline.evaluation import inception
+from pipeline.evaluation.distribution import class_table, pooled_features, proxy_distances
+from pipeline.evaluation.reference import read_reference
 from pipeline.tokenizer.files import TokenSplit
 from sample_world import K, tiny_gpt, write_world
-from stages.paths import METRICS, PLOTS
+from stages.paths import METRICS, PLOTS, RAW, REFERENCE
 from test_sample import run_sample
 
+N_TRAIN, N_TEST = 60, 40  # the raw images of write_world
+# Inception is slow on a CPU: few images everywhere (degenerate covariances, but every code path runs).
+REFERENCE_PARAMS = {"n_train": 10, "n_test": 12, "kid_images": 8, "batch_size": 12, "precision": "fp32",
+                    "seed": 0, "device": "cpu"}  # fmt: skip
+FEW = {"n_samples": 10, "kid_subset_size": 5}  # samples scored by evaluate (the world holds 30)
 
-def test_identical_feature_sets_are_at_distance_zero_and_shifted_ones_are_not():
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(300, 16, generator=g, dtype=torch.float64)
-    same = feature_distances(a, a.clone(), kid_subset_size=100, seed=0)
-    # KID's unbiased estimate dips below 0 when the real and fake subsets share points
-    assert abs(same["fid"]) < 1e-6 and same["kid_mean"] < 0.1
-    b = torch.randn(300, 16, generator=g, dtype=torch.float64)  # another draw of the same distribution
-    assert abs(feature_distances(a, b, kid_subset_size=100, seed=0)["kid_mean"]) < 0.1
-    near = feature_distances(a, a + 0.1, kid_subset_size=100, seed=0)["fid"]
-    far = feature_distances(a, a + 1.0, kid_subset_size=100, seed=0)
-    assert 0 < near < far["fid"] and far["kid_mean"] > 1.0
-    assert math.isclose(far["fid"], 16.0, rel_tol=1e-6)  # pure mean shift: |mu_a - mu_b|^2 = 16 * 1^2
-    assert feature_distances(a, a + 1.0, kid_subset_size=100, seed=0) == far  # seeded KID subsets
+
+@pytest.fixture(scope="module")
+def reference_dir(tmp_path_factory):
+    """A folder in which the reference stage ran on write_world's raw images (once for this module)."""
+    if inception_weights() is None:
+        pytest.skip("Inception weights absent")
+    from stages.reference import reference
+
+    root = tmp_path_factory.mktemp("reference")
+    write_raw(root / RAW, N_TRAIN, N_TEST)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["reference"] = REFERENCE_PARAMS
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    before = os.getcwd()
+    os.chdir(root)
+    try:
+        reference(root / "params.yaml")
+    finally:
+        os.chdir(before)
+    return root
+
+
+def with_reference(root, reference_dir):
+    (root / REFERENCE).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(reference_dir / REFERENCE, root / REFERENCE)
+    return root
+
+
+@requires_inception
+def test_reference_stage_writes_statistics_and_the_floor(reference_dir):
+    ref = read_reference(reference_dir / REFERENCE)
+    assert (ref.train.n, ref.test.n, len(ref.train_kid)) == (10, 12, 8)
+    assert ref.train.mean.shape == (inception.FEATURES,) and ref.train.cov.shape == (inception.FEATURES,) * 2
+    assert ref.test_features.shape == (12, inception.FEATURES)
+    assert len(set(ref.test_indices)) == 12 and np.all(np.diff(ref.test_indices) > 0) and ref.test_indices.max() < N_TEST
+    assert ref.precision == "fp32" and ref.protocol == inception.PROTOCOL
+    m = json.loads((reference_dir / METRICS / "reference.json").read_text())
+    assert m["fid_inception_test_vs_train"] > 0 and m["reference_train_images"] == 10 and m["protocol"] == inception.PROTOCOL
+
+
+@requires_inception
+def test_a_reference_made_under_another_protocol_is_refused(reference_dir, tmp_path):
+    other = tmp_path / "inception.h5"
+    shutil.copy(reference_dir / REFERENCE, other)
+    with h5py.File(other, "a") as f:
+        f.attrs["protocol"] = "pytorch-fid"
+    with pytest.raises(PipelineError, match="another Inception protocol .* re-run the reference stage"):
+        read_reference(other)
 
 
 @requires_real_weights
-def test_resnet_distance_of_an_image_set_to_itself_is_zero(torch_home):
+def test_proxy_distance_of_an_image_set_to_itself_is_zero(torch_home):
     from pipeline.features.encoders.cifar_resnet import load_cifar_resnet
 
     images, _ = make_images(80)
-    resnet, cpu = load_cifar_resnet(20), torch.device("cpu")
-    real, fake = (resnet_features(x, resnet, 40, cpu) for x in (images, images.copy()))
-    d = feature_distances(real, fake, kid_subset_size=40, seed=0)
-    assert abs(d["fid"]) < 1e-3 and d["kid_mean"] < 1e-3
+    resnet, cpu = load_cifar_resnet(56), torch.device("cpu")
+    real, fake = (pooled_features(x, resnet, 40, cpu) for x in (images, images.copy()))
+    assert real.shape == (80, 64)
+    d = proxy_distances(real, fake, "resnet56", kid_subset_size=40, seed=0)
+    assert abs(d["fid_resnet56"]) < 1e-3 and d["kid_resnet56_mean"] < 1e-3
 
 
 def test_unigram_baselines():
@@ -74,32 +124,49 @@ def test_class_table():
     assert "agreement" not in class_table(np.array([0]), None, 3)[0]
 
 
+@requires_inception
 @requires_real_weights
 @pytest.mark.parametrize("conditional", [True, False])
-def test_evaluate_writes_eval_json(tmp_path, monkeypatch, torch_home, conditional):
+def test_evaluate_writes_eval_json(tmp_path, monkeypatch, torch_home, reference_dir, conditional):
     from stages.evaluate import evaluate
 
-    root = write_world(tmp_path, conditional=conditional, n_train=60, n_test=40)
+    root = with_reference(write_world(tmp_path, conditional=conditional, n_train=N_TRAIN, n_test=N_TEST, evaluate=FEW),
+                          reference_dir)  # fmt: skip
     run_sample(root, monkeypatch)  # 30 samples
     evaluate(root / "params.yaml")
     m = json.loads((root / METRICS / "eval.json").read_text())
-    assert set(m) >= {"gpt", "tokenizer", "samples", "reference_reconstructions", "reference_train_images"}
+    assert set(m) >= {"gpt", "samples", "floor_test_images", "reference_train_images", "inception", "evaluator"}
     assert m["gpt"]["test_nll"] > 0 and m["gpt"]["unigram_test_entropy"] <= math.log(K) + 1e-9
-    assert set(m["tokenizer"]) >= {"psnr_db", "ssim", "accuracy_originals", "accuracy_reconstructions"}
-    s = m["samples"]
-    assert s["n"] == 30 and s["fid_resnet20"] >= 0 and s["kid_resnet20_std"] >= 0
+    assert m["evaluator"] == "cifar_resnet56" and m["inception"]["reference_train_images"] == 10
+    s, floor = m["samples"], m["floor_test_images"]
+    assert s["n"] == floor["n"] == 10 and s["fid_inception"] > 0 and floor["fid_inception"] > 0
+    assert s["kid_inception_std"] >= 0 and s["fid_resnet56"] >= 0 and s["kid_resnet56_std"] >= 0
     assert (0 <= s["class_agreement"] <= 1) if conditional else s["class_agreement"] is None
-    assert s["fid_inception"] is None or s["fid_inception"] >= 0
-    assert s["fid_inception"] is not None or s["fid_inception_absent"]
     rows = (root / PLOTS / "eval_classes.csv").read_text().splitlines()
     assert rows[0] == "class,share_of_samples,agreement" and len(rows) == 11
 
 
+@requires_inception
 @requires_real_weights
-def test_evaluate_needs_enough_samples(tmp_path, monkeypatch, torch_home):
+def test_reconstruct_scores_the_tokenizer_on_the_reference_test_images(tmp_path, monkeypatch, torch_home, reference_dir):
+    from stages.reconstruct import reconstruct
+
+    root = with_reference(write_world(tmp_path, n_train=N_TRAIN, n_test=N_TEST, reconstruct={"n_images": 6}),
+                          reference_dir)  # fmt: skip
+    monkeypatch.chdir(root)
+    reconstruct(root / "params.yaml")
+    m = json.loads((root / METRICS / "reconstruct.json").read_text())
+    assert m["n_images"] == 6 and m["evaluator"] == "cifar_resnet56" and m["rfid_inception"] > 0
+    assert m["psnr_db"] > 0 and 0 <= m["accuracy_reconstructions"] <= 1 and 0 <= m["prediction_agreement"] <= 1
+    assert m["inception"]["reference_test_images"] == 12
+
+
+@requires_inception
+@requires_real_weights
+def test_evaluate_needs_enough_samples(tmp_path, monkeypatch, torch_home, reference_dir):
     from stages.evaluate import evaluate
 
-    root = write_world(tmp_path, evaluate={"n_samples": 31})
+    root = with_reference(write_world(tmp_path, evaluate={"n_samples": 31}), reference_dir)
     run_sample(root, monkeypatch)  # 30 samples
     with pytest.raises(PipelineError, match="raise sample.n_per_class"):
         evaluate(root / "params.yaml")

@@ -35,6 +35,17 @@ def test_bad_value_names_key_value_and_allowed(repo_params, section, key, value,
         assert word in str(err.value)
 
 
+def test_evaluator_must_not_be_the_tokenizers_network(repo_params):
+    repo_params["extract"]["encoder"] = repo_params["evaluate"]["evaluator"] = "cifar_resnet20"
+    with pytest.raises(ParamsError) as err:
+        parse_params(repo_params)
+    message = str(err.value)
+    assert "evaluate.evaluator = 'cifar_resnet20'" in message and "extract.encoder" in message
+    assert "perceptual loss" in message and "cifar_resnet56" in message and "{" not in message
+    repo_params["extract"]["encoder"] = "pixels"  # a tokenizer without a CNN: any classifier is independent
+    assert parse_params(repo_params).evaluate.evaluator == "cifar_resnet20"
+
+
 def test_missing_key_and_section_are_named(repo_params):
     del repo_params["codebook"]["niter"]
     del repo_params["evaluate"]
@@ -65,7 +76,7 @@ def test_cli_reports_bad_params_without_traceback(tmp_path: Path, repo_params):
 def test_cli_lists_every_registered_stage():
     out = run(["python", "-m", "stages", "--help"], cwd=REPO).stdout
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert len(stages) == 7 and all(f"python -m stages {name}" == s["cmd"] for name, s in stages.items())
+    assert len(stages) == 9 and all(f"python -m stages {name}" == s["cmd"] for name, s in stages.items())
     assert all(name in out for name in stages)
 
 

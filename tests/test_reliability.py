@@ -371,6 +371,7 @@ def test_codebook_stage_twice_writes_the_same_bytes(tmp_path):
 # cannot give) the same bytes. test_which_outputs_are_byte_identical_across_reruns keeps this list true.
 BYTE_IDENTICAL = {
     "data/raw/cifar10.h5": "h5py stores no timestamps; the images as given",
+    "data/reference/inception.h5": "deterministic CPU inference in fp32; seeded subsets; stats in a fixed order",
     "data/features/features.h5": "deterministic CPU inference; stats reduced in a fixed order",
     "data/tokens/tokens.h5": "seeded FAISS k-means, deterministic assignment",
     "data/tokens/codebook.safetensors": "metadata written as one sorted JSON string",
@@ -393,6 +394,8 @@ BYTE_IDENTICAL = {
 TIMINGS = {  # keys that hold wall-clock measurements; everything else in these files is identical
     "metrics/codebook.json": CODEBOOK_TIMINGS,
     "metrics/decoder.json": {"train_seconds", "eval_seconds"},
+    "metrics/reference.json": {"seconds", "images_per_second"},
+    "metrics/reconstruct.json": {"seconds"},
     "metrics/train.json": {"train_tokens_per_s"},
 }
 CHECKPOINTS_TIMED = {"data/checkpoints/decoder/last.pt": {"train_seconds"}, "data/checkpoints/gpt/last.pt": set()}

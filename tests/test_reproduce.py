@@ -11,10 +11,10 @@ import subprocess
 
 import yaml
 
-from conftest import copy_run, requires_real_weights, run
+from conftest import copy_run, requires_inception, requires_real_weights, run
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-STAGES = ["download", "extract", "codebook", "decoder", "train", "sample", "evaluate"]
+STAGES = ["download", "reference", "extract", "codebook", "decoder", "reconstruct", "train", "sample", "evaluate"]
 
 
 def ran(output: str) -> set[str]:
@@ -28,6 +28,7 @@ def clone(src, dest):
 
 
 @requires_real_weights
+@requires_inception
 def test_push_pull_and_selective_rerun(tiny_pipeline, tmp_path, torch_home):
     base, first = tiny_pipeline  # `dvc repro` of the whole pipeline in a fresh copy of the project
     assert ran(first) == set(STAGES)

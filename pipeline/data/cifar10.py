@@ -9,7 +9,9 @@ Layout of the output (read back with `read_split`):
     test/images, test/labels             the source's test set, in its order
     attrs: classes (10 names), source, source_sha256 (local files), val_size, val_seed
 
-Model selection (epochs, defaults, hyper-parameters) reads val; only the evaluate stage reads test.
+Model selection (epochs, defaults, hyper-parameters) reads val; only the evaluation stages (reference,
+reconstruct, evaluate) read test. The reference compares with the source's whole training set
+(`read_source_train`: train and val together), as published FIDs do.
 """
 
 from __future__ import annotations
@@ -240,3 +242,16 @@ def read_split(path: str | Path, split: str) -> Split:
         if f"{split}/images" not in f or f"{split}/labels" not in f:
             raise DataError(f"{path}: has no '{split}' images and labels; {rerun('download')}")
         return Split(f[split]["images"][:], f[split]["labels"][:])
+
+
+def read_source_train(path: str | Path) -> Split:
+    """The source's whole training set, train and val put back in the source's order (what published
+    FIDs call the CIFAR-10 training set)."""
+    with open_h5(path, "download", "raw CIFAR-10 file") as f:
+        parts = []
+        for split in ("train", "val"):
+            if f"{split}/source_index" not in f:
+                raise DataError(f"{path}: has no '{split}/source_index'; {rerun('download')}")
+            parts.append((f[split]["images"][:], f[split]["labels"][:], f[split]["source_index"][:]))
+    order = np.argsort(np.concatenate([index for _, _, index in parts]), kind="stable")
+    return Split(np.concatenate([p[0] for p in parts])[order], np.concatenate([p[1] for p in parts])[order])

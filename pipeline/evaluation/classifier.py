@@ -1,7 +1,9 @@
-"""The evaluator network, chosen here and nowhere else, and batched classification of uint8 images.
+"""The evaluator: a pre-trained CIFAR-10 classifier that scores images, and batched classification.
 
-The evaluator scores every image set of the pipeline (accuracy on reconstructions, class agreement and
-Fréchet distances of samples). It is a pre-trained CIFAR ResNet that takes float RGB in [0, 1].
+The evaluator is chosen by one param, `evaluate.evaluator` (a CIFAR ResNet of the encoder registry).
+It must be independent of the tokenizer: params.py refuses the network that is `extract.encoder`,
+whose features are the tokens and, through the decoder's perceptual loss, its training target. It
+takes float RGB in [0, 1].
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ import torch
 from pipeline.core.images import to_float_nchw
 from pipeline.features.encoders.cifar_resnet import CifarResNet, load_cifar_resnet
 
-EVALUATOR_DEPTH = 20
-EVALUATOR_NAME = f"resnet{EVALUATOR_DEPTH}"  # in metric names: fid_resnet20, ...
+REGISTRY_PREFIX = "cifar_"  # evaluate.evaluator names the encoder registry's cifar_resnet<depth>
 
 
-def load_evaluator() -> CifarResNet:
-    return load_cifar_resnet(EVALUATOR_DEPTH)
+def evaluator_label(name: str) -> str:
+    """The evaluator's short name in metric keys: cifar_resnet56 -> resnet56 (fid_resnet56, ...)."""
+    return name.removeprefix(REGISTRY_PREFIX)
 
+
+def load_evaluator(name: str) -> CifarResNet:
+    """The pre-trained classifier `name` (cifar_resnet20/32/44/56), eval mode, frozen."""
+    return load_cifar_resnet(int(evaluator_label(name).removeprefix("resnet")))
 
 
 @torch.inference_mode()
@@ -31,3 +37,16 @@ def classify(model: torch.nn.Module, images_uint8_nhwc: np.ndarray, batch_size: 
         x = to_float_nchw(images_uint8_nhwc[start : start + batch_size], device)
         preds.append(model(x).argmax(1).cpu())
     return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+
+
+def classifier_accuracy(model: torch.nn.Module, originals: np.ndarray, reconstructions: np.ndarray,
+                        labels: np.ndarray, batch_size: int, device: torch.device) -> dict[str, float]:  # fmt: skip
+    """`model`'s top-1 accuracy on originals and on their reconstructions, and how often its prediction
+    on a reconstruction equals its prediction on the original."""
+    pred_orig = classify(model, originals, batch_size, device)
+    pred_rec = classify(model, reconstructions, batch_size, device)
+    return {
+        "accuracy_originals": float(np.mean(pred_orig == labels)),
+        "accuracy_reconstructions": float(np.mean(pred_rec == labels)),
+        "prediction_agreement": float(np.mean(pred_rec == pred_orig)),
+    }

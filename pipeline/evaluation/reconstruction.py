@@ -1,8 +1,9 @@
-"""Image quality of reconstructions against originals: PSNR, SSIM, classifier accuracy.
+"""Pixel fidelity of reconstructions against originals: PSNR and SSIM (no network involved).
 
 All functions take uint8 NHWC arrays (what every stage stores). PSNR is the mean over images of the
-per-image PSNR (data range 255); identical images give +inf. SSIM is torchmetrics' Gaussian SSIM
-(11x11, sigma 1.5) averaged over images.
+per-image PSNR of the images scaled to [0, 1] (data range 1, the protocol of the tokenizer papers the
+README compares with); identical images give +inf. SSIM is torchmetrics' Gaussian SSIM (11x11,
+sigma 1.5) on [0, 1], averaged over images.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import numpy as np
 import torch
 
 from pipeline.core.images import to_float_nchw
-from pipeline.evaluation.classifier import classify, load_evaluator
 from pipeline.core.errors import PipelineError
 
 METRIC_BATCH = 1000
@@ -52,29 +52,6 @@ def ssim(originals: np.ndarray, reconstructions: np.ndarray) -> float:
     return total / len(originals)
 
 
-def classifier_accuracy(
-    originals: np.ndarray, reconstructions: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device
-) -> dict[str, float]:
-    """The evaluator's top-1 accuracy on originals and on reconstructions, and how
-    often its prediction on a reconstruction equals its prediction on the original."""
-
-    _check_pair(originals, reconstructions)
-    model = load_evaluator().to(device)
-    pred_orig = classify(model, originals, batch_size, device)
-    pred_rec = classify(model, reconstructions, batch_size, device)
-    return {
-        "accuracy_originals": float(np.mean(pred_orig == labels)),
-        "accuracy_reconstructions": float(np.mean(pred_rec == labels)),
-        "prediction_agreement": float(np.mean(pred_rec == pred_orig)),
-    }
-
-
-def reconstruction_metrics(
-    originals: np.ndarray, reconstructions: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device
-) -> dict[str, float]:
-    """PSNR, SSIM and classifier accuracies in one dict (the metrics file's numbers)."""
-    return {
-        "psnr_db": psnr(originals, reconstructions),
-        "ssim": ssim(originals, reconstructions),
-        **classifier_accuracy(originals, reconstructions, labels, batch_size, device),
-    }
+def pixel_metrics(originals: np.ndarray, reconstructions: np.ndarray) -> dict[str, float]:
+    """PSNR and SSIM in one dict (the metrics files' numbers)."""
+    return {"psnr_db": psnr(originals, reconstructions), "ssim": ssim(originals, reconstructions)}

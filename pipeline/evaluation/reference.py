@@ -1,0 +1,108 @@
+"""The Inception reference of the real images (the reference stage's file) and the FID/KID read against it.
+
+The file holds, for a seeded subset of each split (all images by default): the mean and covariance of
+the train features (what sample FIDs compare with), a seeded subset of the train features (for KID),
+the test features with their indices, mean and covariance (rFID and the floor), and how they were made
+(protocol, weights, precision). Downstream stages compute features of their own images with the same
+precision and compare; a file made under another protocol is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import torch
+
+from pipeline.core.artifacts import damaged, open_h5
+from pipeline.core.atomic import atomic_path
+from pipeline.core.errors import PipelineError
+from pipeline.evaluation import inception
+from pipeline.evaluation.feature_stats import Gaussian, frechet_distance, gaussian, kid
+
+STAGE = "reference"
+KID_SUBSETS = 100  # as torch-fidelity and clean-fid
+
+
+@dataclass(frozen=True)
+class Reference:
+    train: Gaussian  # statistics of the train features
+    train_kid: np.ndarray  # (kid_images, 2048) float32: a seeded subset of the train features
+    test: Gaussian
+    test_features: np.ndarray  # (n_test, 2048) float32, in the order of test_indices
+    test_indices: np.ndarray  # which test images (int64, ascending)
+    precision: str
+    protocol: str = inception.PROTOCOL
+
+
+def pick(n_total: int, n: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of a seeded subset of n of range(n_total) (all of them when n is None)."""
+    if n is None or n >= n_total:
+        return np.arange(n_total)
+    return np.sort(rng.choice(n_total, n, replace=False))
+
+
+def build_reference(model: inception.InceptionV3, train_images: np.ndarray, test_images: np.ndarray, *,
+                    n_train: int | None, n_test: int | None, kid_images: int, batch_size: int, precision: str,
+                    device: torch.device, seed: int, progress: Callable[[int], None] | None = None) -> Reference:  # fmt: skip
+    """Inception features of seeded subsets of both splits, reduced to what the file keeps."""
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = pick(len(train_images), n_train, rng), pick(len(test_images), n_test, rng)
+    if min(len(train_idx), len(test_idx)) < 2:
+        raise PipelineError(f"the reference needs >= 2 train and test images, got {len(train_idx)} and {len(test_idx)}")
+    test_f = inception.inception_features(model, test_images[test_idx], batch_size, device, precision, progress)
+    train_f = inception.inception_features(model, train_images[train_idx], batch_size, device, precision, progress)
+    return Reference(
+        train=gaussian(train_f), train_kid=train_f[pick(len(train_f), kid_images, rng)],
+        test=gaussian(test_f), test_features=test_f, test_indices=test_idx, precision=precision,
+    )  # fmt: skip
+
+
+def write_reference(ref: Reference, target: str | Path) -> None:
+    with atomic_path(target) as tmp, h5py.File(tmp, "w") as f:
+        for split, g in (("train", ref.train), ("test", ref.test)):
+            f[f"{split}/mean"], f[f"{split}/cov"] = g.mean, g.cov
+            f[split].attrs["n"] = g.n
+        f["train/kid_features"] = ref.train_kid
+        f["test/features"], f["test/indices"] = ref.test_features, ref.test_indices
+        f.attrs.update(protocol=ref.protocol, precision=ref.precision, weights_sha256=inception.WEIGHTS_SHA256)
+
+
+def read_reference(path: str | Path) -> Reference:
+    """The reference file written by the reference stage; one made under another protocol is refused."""
+    with open_h5(path, STAGE, "Inception reference") as f:
+        protocol = str(f.attrs.get("protocol", ""))
+        if protocol != inception.PROTOCOL:
+            raise PipelineError(f"{path}: made under another Inception protocol ({protocol or 'none recorded'}); "
+                                f"re-run the {STAGE} stage (dvc repro {STAGE})")  # fmt: skip
+        try:
+            stats = {s: Gaussian(f[f"{s}/mean"][:], f[f"{s}/cov"][:], int(f[s].attrs["n"])) for s in ("train", "test")}
+            return Reference(
+                train=stats["train"], train_kid=f["train/kid_features"][:], test=stats["test"],
+                test_features=f["test/features"][:], test_indices=f["test/indices"][:],
+                precision=str(f.attrs["precision"]), protocol=protocol,
+            )  # fmt: skip
+        except KeyError as e:
+            raise damaged(path, STAGE, e) from None
+
+
+def fid_to(features: np.ndarray, target: Gaussian) -> float:
+    """Inception FID of an (N, 2048) feature set against reference statistics."""
+    return frechet_distance(gaussian(features), target)
+
+
+def scores_vs_train(features: np.ndarray, ref: Reference, *, kid_subset_size: int, seed: int) -> dict[str, float]:
+    """FID against the train statistics and KID against the kept train features."""
+    kid_mean, kid_std = kid(features, ref.train_kid, subsets=KID_SUBSETS, subset_size=kid_subset_size, seed=seed)
+    return {"fid_inception": fid_to(features, ref.train), "kid_inception_mean": kid_mean, "kid_inception_std": kid_std}
+
+
+def description(ref: Reference) -> dict:
+    """How the reference was made, for the metrics files (every FID in them reads against it)."""
+    return {
+        "protocol": ref.protocol, "precision": ref.precision, "reference_train_images": ref.train.n,
+        "reference_test_images": ref.test.n, "kid_reference_images": len(ref.train_kid),
+    }  # fmt: skip
