@@ -489,7 +489,8 @@ def test_which_outputs_are_byte_identical_across_reruns(tiny_pipeline, tmp_path,
     files, _ = recorded(first_run)
     assert files == set(BYTE_IDENTICAL) | set(NOT_BYTE_IDENTICAL)  # every output is classified
     differ = {f for f in files if (first_run / f).read_bytes() != (again / f).read_bytes()}
-    assert differ == set(NOT_BYTE_IDENTICAL)
+    # the byte-identical ones are; the others may differ (rounded timings can coincide by chance)
+    assert not differ & set(BYTE_IDENTICAL), sorted(differ & set(BYTE_IDENTICAL))
     for path, keys in TIMINGS.items():
         first, second = (json.loads((repo / path).read_text()) for repo in (first_run, again))
         assert {k: v for k, v in first.items() if k not in keys} == {k: v for k, v in second.items() if k not in keys}
