@@ -130,7 +130,9 @@ def test_class_table():
 def test_evaluate_writes_eval_json(tmp_path, monkeypatch, torch_home, reference_dir, conditional):
     from stages.evaluate import evaluate
 
-    root = with_reference(write_world(tmp_path, conditional=conditional, n_train=N_TRAIN, n_test=N_TEST, evaluate=FEW),
+    # unconditional: more samples scored than the reference has test images; the floor then uses all of them
+    few = FEW if conditional else FEW | {"n_samples": 20}
+    root = with_reference(write_world(tmp_path, conditional=conditional, n_train=N_TRAIN, n_test=N_TEST, evaluate=few),
                           reference_dir)  # fmt: skip
     run_sample(root, monkeypatch)  # 30 samples
     evaluate(root / "params.yaml")
@@ -139,7 +141,7 @@ def test_evaluate_writes_eval_json(tmp_path, monkeypatch, torch_home, reference_
     assert m["gpt"]["test_nll"] > 0 and m["gpt"]["unigram_test_entropy"] <= math.log(K) + 1e-9
     assert m["evaluator"] == "cifar_resnet56" and m["inception"]["reference_train_images"] == 10
     s, floor = m["samples"], m["floor_test_images"]
-    assert s["n"] == floor["n"] == 10 and s["fid_inception"] > 0 and floor["fid_inception"] > 0
+    assert s["n"] == few["n_samples"] and floor["n"] == min(few["n_samples"], 12) and s["fid_inception"] > 0 and floor["fid_inception"] > 0
     assert s["kid_inception_std"] >= 0 and s["fid_resnet56"] >= 0 and s["kid_resnet56_std"] >= 0
     assert (0 <= s["class_agreement"] <= 1) if conditional else s["class_agreement"] is None
     rows = (root / PLOTS / "eval_classes.csv").read_text().splitlines()
