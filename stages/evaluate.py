@@ -67,7 +67,7 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
         kid_subset_size=p.kid_subset_size, device=device, seed=p.seed,
     )  # fmt: skip
     metrics = {
-        "gpt": gpt, **quality, "inception": description(ref), "evaluator": p.evaluator,
+        "gpt": gpt, **quality, "inception": description(ref, p.n_samples, "train"), "evaluator": p.evaluator,
         "conditional": samples.conditional, "device": str(device),
     }  # fmt: skip
     write_json(METRICS_JSON, metrics)

@@ -50,7 +50,7 @@ def reconstruct(params: Path = PARAMS_OPTION) -> None:
     features = inception.inception_features(inception.load_inception(), reconstructions, p.batch_size, device, ref.precision)
     metrics.update(
         rfid_inception=fid_to(features, ref.test), n_images=len(idx), tokens_per_image=int(test.tokens.shape[1]),
-        kind=decoder.kind, inception=description(ref), device=str(device), seconds=round(time.perf_counter() - t0, 1),
+        kind=decoder.kind, inception=description(ref, len(idx), "test"), device=str(device), seconds=round(time.perf_counter() - t0, 1),
     )  # fmt: skip
     write_json(METRICS_JSON, metrics)
     log.info("reconstruct (%d test images, %d tokens each): PSNR %.2f dB, SSIM %.3f, %s accuracy %.1f %% (originals "

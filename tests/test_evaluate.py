@@ -22,7 +22,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.gpt.model import training_inputs
 from pipeline.evaluation import inception
 from pipeline.evaluation.distribution import class_table, pooled_features, proxy_distances
-from pipeline.evaluation.reference import read_reference
+from pipeline.evaluation.feature_stats import Gaussian
+from pipeline.evaluation.reference import Reference, description, read_reference
 from pipeline.tokenizer.files import TokenSplit
 from sample_world import K, tiny_gpt, write_world
 from stages.paths import METRICS, PLOTS, RAW, REFERENCE
@@ -84,6 +85,19 @@ def test_a_reference_made_under_another_protocol_is_refused(reference_dir, tmp_p
         read_reference(other)
 
 
+def test_description_says_whether_the_counts_are_the_published_ones():
+    def g(n):
+        return Gaussian(np.zeros(2), np.eye(2), n)
+
+    features = np.zeros((3, 2), np.float32)
+    ref = Reference(train=g(50_000), train_kid=features, test=g(10_000), test_features=features,
+                    test_indices=np.arange(3), precision="fp32")  # fmt: skip
+    assert description(ref, 50_000, "train")["published_counts"] and description(ref, 10_000, "test")["published_counts"]
+    assert "counts_note" not in description(ref, 50_000, "train") and "published_counts" not in description(ref)
+    small = description(ref, 1000, "train")
+    assert small["published_counts"] is False and small["counts_note"].startswith("1000 images against 50000 train")
+
+
 @requires_real_weights
 def test_proxy_distance_of_an_image_set_to_itself_is_zero(torch_home):
     from pipeline.features.encoders.cifar_resnet import load_cifar_resnet
@@ -140,6 +154,7 @@ def test_evaluate_writes_eval_json(tmp_path, monkeypatch, torch_home, reference_
     assert set(m) >= {"gpt", "samples", "floor_test_images", "reference_train_images", "inception", "evaluator"}
     assert m["gpt"]["test_nll"] > 0 and m["gpt"]["unigram_test_entropy"] <= math.log(K) + 1e-9
     assert m["evaluator"] == "cifar_resnet56" and m["inception"]["reference_train_images"] == 10
+    assert m["inception"]["published_counts"] is False and "published CIFAR-10 numbers" in m["inception"]["counts_note"]
     s, floor = m["samples"], m["floor_test_images"]
     assert s["n"] == few["n_samples"] and floor["n"] == min(few["n_samples"], 12) and s["fid_inception"] > 0 and floor["fid_inception"] > 0
     assert s["kid_inception_std"] >= 0 and s["fid_resnet56"] >= 0 and s["kid_resnet56_std"] >= 0
@@ -160,7 +175,7 @@ def test_reconstruct_scores_the_tokenizer_on_the_reference_test_images(tmp_path,
     m = json.loads((root / METRICS / "reconstruct.json").read_text())
     assert m["n_images"] == 6 and m["evaluator"] == "cifar_resnet56" and m["rfid_inception"] > 0
     assert m["psnr_db"] > 0 and 0 <= m["accuracy_reconstructions"] <= 1 and 0 <= m["prediction_agreement"] <= 1
-    assert m["inception"]["reference_test_images"] == 12
+    assert m["inception"]["reference_test_images"] == 12 and m["inception"]["published_counts"] is False
 
 
 @requires_inception

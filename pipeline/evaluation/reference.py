@@ -100,9 +100,26 @@ def scores_vs_train(features: np.ndarray, ref: Reference, *, kid_subset_size: in
     return {"fid_inception": fid_to(features, ref.train), "kid_inception_mean": kid_mean, "kid_inception_std": kid_std}
 
 
-def description(ref: Reference) -> dict:
-    """How the reference was made, for the metrics files (every FID in them reads against it)."""
-    return {
+# The image counts of published CIFAR-10 numbers: generator FIDs score this many samples against the
+# whole training set; rFIDs reconstruct the whole test set and compare with it.
+PUBLISHED = {"samples": 50_000, "train": 50_000, "test": 10_000}
+
+
+def description(ref: Reference, scored: int | None = None, against: str = "train") -> dict:
+    """How the reference was made, for the metrics files (every FID in them reads against it); with
+    `scored` (images whose FID is reported against the `against` split), whether the counts are the
+    published ones and, when not, what that means."""
+    out = {
         "protocol": ref.protocol, "precision": ref.precision, "reference_train_images": ref.train.n,
         "reference_test_images": ref.test.n, "kid_reference_images": len(ref.train_kid),
     }  # fmt: skip
+    if scored is not None:
+        wanted = (PUBLISHED["samples"], PUBLISHED["train"]) if against == "train" else (PUBLISHED["test"],) * 2
+        got = (scored, ref.train.n if against == "train" else ref.test.n)
+        out["published_counts"] = got == wanted
+        if got != wanted:
+            out["counts_note"] = (
+                f"{got[0]} images against {got[1]} {against} images; published CIFAR-10 numbers use {wanted[0]} "
+                f"against {wanted[1]}. FID grows as the counts shrink: compare only with FIDs at the same counts"
+            )
+    return out
