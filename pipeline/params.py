@@ -26,7 +26,7 @@ Device = Literal["auto", "cpu", "cuda"]
 # cards without bf16.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 # Inception features: an explicit precision, never hardware-dependent, so references compare across machines.
-FeaturePrecision = Literal["fp32", "bf16"]
+FeaturePrecision = Literal["auto", "fp32", "bf16"]  # auto: bf16 on a CPU with native bf16, else fp32
 Evaluator = Literal["cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56"]  # pre-trained classifiers
 
 

@@ -23,7 +23,7 @@ def reference(params: Path = PARAMS_OPTION) -> None:
     """Inception features of the real images: the whole training set (sample FID/KID) and test (rFID, floor)."""
     from pipeline.core.atomic import write_json
     from pipeline.core.progress import Eta
-    from pipeline.core.runtime import describe_cpu, native, resolve_device
+    from pipeline.core.runtime import describe_cpu, native, resolve_device, resolve_feature_precision
     from pipeline.data import cifar10
     from pipeline.evaluation import inception
     from pipeline.evaluation.reference import build_reference, description, fid_to, write_reference
@@ -35,15 +35,16 @@ def reference(params: Path = PARAMS_OPTION) -> None:
     model = inception.load_inception()
     train, test = cifar10.read_source_train(RAW), cifar10.read_split(RAW, "test")
     total = sum(min(n or len(split.images), len(split.images)) for n, split in ((p.n_train, train), (p.n_test, test)))
+    precision = resolve_feature_precision(p.precision, device)  # reconstruct and evaluate reuse it
     hint = ""
-    if device.type == "cpu":  # reference.precision has no `auto` (FID must not depend on the machine)
-        emulated = p.precision == "bf16" and not native(device, "bf16")
-        hint = (f"reference.precision = bf16 is emulated on this CPU ({describe_cpu()}): set it to fp32" if emulated
-                else slow_cpu_hint("reference", p, p.precision))  # fmt: skip
+    if device.type == "cpu":
+        emulated = precision == "bf16" and not native(device, "bf16")
+        hint = (f"reference.precision = bf16 is emulated on this CPU ({describe_cpu()}): set it to auto or fp32"
+                if emulated else slow_cpu_hint("reference", p, precision))  # fmt: skip
     eta = Eta("reference (Inception features)", total, "images", slow_minutes=SLOW_MINUTES, slow_hint=hint)
     t0 = time.perf_counter()
     ref = build_reference(model, train.images, test.images, n_train=p.n_train, n_test=p.n_test,
-                          kid_images=p.kid_images, batch_size=p.batch_size, precision=p.precision, device=device,
+                          kid_images=p.kid_images, batch_size=p.batch_size, precision=precision, device=device,
                           seed=p.seed, progress=eta.update)  # fmt: skip
     seconds = time.perf_counter() - t0
     write_reference(ref, REFERENCE)

@@ -77,3 +77,18 @@ def test_precision_resolution_table(monkeypatch, caplog, requested, device, nati
     emulated = requested == "bf16" and not native_bf16
     assert any(r.levelno == logging.WARNING for r in caplog.records) == emulated
     assert runtime.grad_scaler(torch.device("cpu"), expected).is_enabled() == (expected == "fp16")
+
+
+@pytest.mark.parametrize(
+    "requested, device, native_bf16, expected",
+    [
+        ("auto", "cpu", True, "bf16"),  # AMX: Inception in bf16 keeps the CPU preset inside its budget
+        ("auto", "cpu", False, "fp32"),  # AVX2: never emulated bf16
+        ("auto", "cuda", True, "fp32"),  # a GPU runs the published protocol's fp32
+        ("fp32", "cpu", True, "fp32"),
+        ("bf16", "cpu", False, "bf16"),  # explicit: as asked (the reference stage warns)
+    ],
+)
+def test_feature_precision_resolution(monkeypatch, requested, device, native_bf16, expected):
+    monkeypatch.setattr(runtime, "native", lambda dev, precision: native_bf16)
+    assert runtime.resolve_feature_precision(requested, torch.device(device)) == expected
