@@ -15,7 +15,6 @@ Run it from the project root after `dvc repro reference decoder` (or a whole run
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
