@@ -22,14 +22,18 @@ class Rotary2D(nn.Module):
         quarter = head_dim // 4
         freq = BASE ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
         t = torch.arange(grid_h * grid_w, dtype=torch.float64)
-        angles = torch.stack([(t // grid_w)[:, None] * freq, (t % grid_w)[:, None] * freq], 1)  # (T, 2, quarter)
+        row, col = (t // grid_w)[:, None] * freq, (t % grid_w)[:, None] * freq  # (T, quarter) angles
+        # per slot, over the head's [a | b] (row) and [a | b] (column) quarters: pairs (a_i, b_i) turn by
+        # one angle, a' = a cos - b sin, b' = b cos + a sin = x * cos + swapped(x) * signed sin
+        cos = torch.cat([row.cos(), row.cos(), col.cos(), col.cos()], -1)
+        sin = torch.cat([-row.sin(), row.sin(), -col.sin(), col.sin()], -1)
         # derived from the shape alone: not saved with the weights
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.register_buffer("cos", cos.float(), persistent=False)
+        self.register_buffer("sin", sin.float(), persistent=False)
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """x (B, H, L, head_dim) at slots start..start+L-1 -> x rotated, same shape and dtype."""
         L = x.shape[2]
         cos, sin = (t[start : start + L].to(x.dtype) for t in (self.cos, self.sin))
-        a, b = x.unflatten(-1, (2, 2, -1)).unbind(-2)  # (B, H, L, row/column, quarter): the pairs (a_i, b_i)
-        return torch.stack([a * cos - b * sin, b * cos + a * sin], -2).flatten(-3)
+        swapped = x.unflatten(-1, (2, 2, -1)).flip(-2).flatten(-3)  # [b | a] in each half
+        return x * cos + swapped * sin
