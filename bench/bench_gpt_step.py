@@ -71,7 +71,8 @@ def default_config(params: dict, tiny: bool) -> tuple[GPTConfig, dict]:
     grid = params["extract"]["grid"]
     cfg = GPTConfig(k=params["codebook"]["k"], grid_h=grid, grid_w=grid, n_classes=10, conditional=tr["conditional"],
                     n_layer=tr["n_layer"], n_head=tr["n_head"], n_embd=tr["n_embd"], dropout=tr["dropout"],
-                    pos_emb=tr["pos_emb"])  # fmt: skip
+                    pos_emb=tr["pos_emb"], attention=tr["attention"], window=tr["window"],
+                    n_kv_head=tr["n_kv_head"])  # fmt: skip
     return cfg, tr
 
 

@@ -100,7 +100,12 @@ class TrainParams(Section):
     n_head: int = Field(ge=1)
     n_embd: int = Field(ge=8)
     dropout: float = Field(ge=0, lt=1)
-    pos_emb: Literal["1d", "2d"]
+    # README: attention variants. Which earlier slots each layer attends to (pipeline/gpt/attention_masks.py).
+    attention: Literal["full", "local", "axial", "strided"]
+    window: int = Field(ge=1)  # local: the slots each one sees, itself included
+    # grouped-query attention: n_head / n_kv_head query heads share each key/value head (null: n_head, plain MHA)
+    n_kv_head: int | None = Field(ge=1)
+    pos_emb: Literal["1d", "2d", "rope2d", "none"]
     conditional: bool
     label_dropout: float = Field(ge=0, le=1)
     flip: bool  # each epoch, each image as it is or mirrored (needs extract.flip), half and half
@@ -123,11 +128,27 @@ class TrainParams(Section):
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
-                f"e.g. n_head in {[h for h in range(1, 17) if self.n_embd % h == 0]}"
+                f"e.g. n_head in {_divisors(self.n_embd, 16)}"
+            )
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head}); "
+                f"e.g. n_kv_head in {_divisors(self.n_head, self.n_head)} or null (one per query head)"
+            )
+        head_dim = self.n_embd // self.n_head
+        if self.pos_emb == "rope2d" and head_dim % 4:
+            raise ValueError(
+                f"pos_emb rope2d needs a head width n_embd / n_head ({head_dim}) divisible by 4 (half of it "
+                f"rotates by row, half by column, in pairs); e.g. n_head in "
+                f"{[h for h in _divisors(self.n_embd, 16) if self.n_embd // h % 4 == 0]}"
             )
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         return self
+
+
+def _divisors(n: int, up_to: int) -> list[int]:
+    return [d for d in range(1, up_to + 1) if n % d == 0]
 
 
 class SampleParams(Section):

@@ -1,11 +1,15 @@
 from pathlib import Path
 
+from typing import get_args, get_type_hints
+
 import pytest
 import yaml
 
 from conftest import REPO, run
+from pipeline.gpt.attention_masks import ATTENTIONS
+from pipeline.gpt.model import GPTConfig
 from pipeline.params import (
-    CPU_PRESET, ParamsError, apply_overrides, cpu_preset_differences, load_params, parse_params,
+    CPU_PRESET, ParamsError, TrainParams, apply_overrides, cpu_preset_differences, load_params, parse_params,
 )
 
 
@@ -25,6 +29,10 @@ def test_repo_params_are_valid():
         ("decoder", "epochs", "ten", ["decoder.epochs", "'ten'", "integer"]),
         ("train", "n_layers", 4, ["train.n_layers", "unknown key"]),
         ("sample", "top_p", 1.5, ["sample.top_p", "1.5"]),
+        ("train", "n_kv_head", 4, ["train", "n_head (6) must be divisible by n_kv_head (4)", "[1, 2, 3, 6] or null"]),
+        ("train", "window", 0, ["train.window", "0", "greater than or equal to 1"]),
+        ("train", "attention", "sparse", ["train.attention", "'sparse'", "'full', 'local', 'axial' or 'strided'"]),
+        ("train", "pos_emb", "3d", ["train.pos_emb", "'3d'", "'1d', '2d', 'rope2d' or 'none'"]),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(repo_params, section, key, value, words):
@@ -33,6 +41,23 @@ def test_bad_value_names_key_value_and_allowed(repo_params, section, key, value,
         parse_params(repo_params)
     for word in words:
         assert word in str(err.value)
+
+
+def test_rotary_positions_need_head_widths_divisible_by_4(repo_params):
+    repo_params["train"].update(pos_emb="rope2d", n_embd=24, n_head=4)  # heads of 6 dims
+    with pytest.raises(ParamsError) as err:
+        parse_params(repo_params)
+    assert "pos_emb rope2d needs a head width n_embd / n_head (6) divisible by 4" in str(err.value)
+    assert "e.g. n_head in [1, 2, 3, 6]" in str(err.value)
+    repo_params["train"]["n_head"] = 2
+    assert parse_params(repo_params).train.pos_emb == "rope2d"
+
+
+def test_train_choices_are_the_models():
+    train = TrainParams.model_fields
+    for key in ("attention", "pos_emb"):
+        assert get_args(train[key].annotation) == get_args(get_type_hints(GPTConfig)[key]), key
+    assert get_args(train["attention"].annotation) == ATTENTIONS
 
 
 def test_evaluator_must_not_be_the_tokenizers_network(repo_params):

@@ -92,9 +92,16 @@ def test_train_writes_model_metrics_plots_and_learns(tmp_path, tokens_h5, monkey
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])  # fp16: the gradient scaler's state is resumed too
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tokens_h5, precision):
-    p = tiny_params(epochs=3, dropout=0.1, label_dropout=0.3, precision=precision)  # dropout: the RNG state
+# a variant of every kind at once: a sparse pattern, rotary positions, grouped-query attention
+VARIANT = dict(attention="strided", pos_emb="rope2d", n_kv_head=1)
+
+
+@pytest.mark.parametrize(
+    "precision, variant", [("fp32", {}), ("fp16", {}), ("fp32", VARIANT)], ids=["fp32", "fp16", "variant"]
+)  # fp16: the gradient scaler's state is resumed too
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tokens_h5, precision, variant):
+    # dropout: the RNG state
+    p = tiny_params(epochs=3, dropout=0.1, label_dropout=0.3, precision=precision, **variant)
     ref = state(train(p, paths_in(tmp_path / "ref", tokens_h5)))
 
     class Killed(Exception):
@@ -135,9 +142,10 @@ def _ddp_worker(rank: int, world: int, port: int, p: TrainParams, paths: TrainPa
         train(p, paths, info)
 
 
-def test_two_gloo_processes_match_single_process(tmp_path, tokens_h5):
+@pytest.mark.parametrize("variant", [{}, VARIANT], ids=["full", "variant"])
+def test_two_gloo_processes_match_single_process(tmp_path, tokens_h5, variant):
     # Dropout draws differ per rank by design; label dropout is per sequence so it is kept.
-    p = tiny_params(epochs=2, dropout=0.0, label_dropout=0.2)
+    p = tiny_params(epochs=2, dropout=0.0, label_dropout=0.2, **variant)
     single = state(train(p, paths_in(tmp_path / "single", tokens_h5)))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

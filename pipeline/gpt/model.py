@@ -2,8 +2,14 @@
 
 Sequence layout: slot 0 holds a prefix token (a start token for unconditional models, the class
 token - or the null class, for classifier-free guidance - for conditional ones); slot t > 0 holds
-code t-1. Slot t predicts code t, so a grid of H*W codes is modelled by H*W slots and the learned
-position embedding of slot t is the position of the code it predicts (`2d`: row + column).
+code t-1. Slot t predicts code t, so a grid of H*W codes is modelled by H*W slots and the position
+of slot t is the position of the code it predicts: a learned table per slot (`1d`), learned row +
+column embeddings (`2d`), 2D rotary embeddings of queries and keys (`rope2d`, pipeline/gpt/rotary.py)
+or none (`none`: only the causal masks tell positions apart).
+
+Attention: `attention` picks which earlier slots each layer attends to (pipeline/gpt/attention_masks.py);
+`n_kv_head` < n_head is grouped-query attention (Ainslie et al. 2023): each key/value head serves
+n_head / n_kv_head query heads, which shrinks the KV cache and the key/value projections.
 
 Vocabulary: codes 0..K-1, then either one start token (K) or n_classes class tokens K..K+n-1 and
 a null-class token K+n. Sampling never emits a special token.
@@ -21,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.artifacts import damaged, read_model_folder, write_model_folder
+from pipeline.gpt.attention_masks import block_mask, query_rows
+from pipeline.gpt.rotary import Rotary2D
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -36,11 +44,19 @@ class GPTConfig:
     n_head: int
     n_embd: int
     dropout: float
-    pos_emb: Literal["1d", "2d"]
+    pos_emb: Literal["1d", "2d", "rope2d", "none"]
+    # defaults: what a model saved before these fields were added has
+    attention: Literal["full", "local", "axial", "strided"] = "full"
+    window: int = 16  # local: slots seen, itself included
+    n_kv_head: int | None = None  # key/value heads; None: n_head (plain multi-head attention)
 
     @property
     def block_size(self) -> int:
         return self.grid_h * self.grid_w
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
 
     @property
     def null_token(self) -> int:
@@ -54,8 +70,11 @@ class GPTConfig:
     @property
     def flops_per_token(self) -> float:
         """Training FLOPs per token, the nanoGPT/PaLM estimate: forward and backward through the matrix
-        parameters (position tables excluded) plus the attention scores and mixing over the block."""
-        matrix_params = 12 * self.n_layer * self.n_embd**2 + self.vocab_size * self.n_embd
+        parameters (position tables excluded) plus the attention scores and mixing over the block.
+        Dense for every attention pattern: a masked SDPA computes every score and then masks it."""
+        kv_width = self.kv_heads * (self.n_embd // self.n_head)
+        per_layer = 10 * self.n_embd**2 + 2 * self.n_embd * kv_width  # q, out, MLP; keys and values
+        matrix_params = self.n_layer * per_layer + self.vocab_size * self.n_embd
         return 6 * matrix_params + 12 * self.n_layer * self.n_embd * self.block_size
 
     def prefix(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
@@ -89,30 +108,47 @@ class KVBuffer:
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig, attn_impl: str = "sdpa"):
+    def __init__(self, cfg: GPTConfig, attn_impl: str = "sdpa", layer: int = 0):
         super().__init__()
-        self.n_head, self.dropout, self.attn_impl = cfg.n_head, cfg.dropout, attn_impl
-        self.block_size = cfg.block_size
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        if cfg.n_head % cfg.kv_heads:
+            raise ValueError(f"n_head ({cfg.n_head}) must be divisible by n_kv_head ({cfg.kv_heads})")
+        self.n_head, self.n_kv_head, self.dropout, self.attn_impl = cfg.n_head, cfg.kv_heads, cfg.dropout, attn_impl
+        self.block_size, self.full = cfg.block_size, cfg.attention == "full"
+        self.head_dim = cfg.n_embd // cfg.n_head
+        kv_width = self.n_kv_head * self.head_dim
+        self.qkv = nn.Linear(cfg.n_embd, cfg.n_embd + 2 * kv_width)  # [q | k | v]: n_kv_head == n_head is 3 * n_embd
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.resid_drop = nn.Dropout(cfg.dropout)
+        self.split = [cfg.n_embd, kv_width, kv_width]
+        # built once per model; derived from the config alone, so not saved with the weights
+        mask = block_mask(cfg.attention, cfg.grid_h, cfg.grid_w, cfg.window, layer)
+        self.register_buffer("mask", mask, persistent=False)
+        self.rotary = Rotary2D(cfg.grid_h, cfg.grid_w, self.head_dim) if cfg.pos_emb == "rope2d" else None
 
     def forward(self, x: torch.Tensor, past: KV | KVBuffer | None) -> tuple[torch.Tensor, KV | KVBuffer]:
         B, L, C = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).split(self.split, -1)
+        q = q.view(B, L, self.n_head, self.head_dim).transpose(1, 2)
+        k, v = (t.view(B, L, self.n_kv_head, self.head_dim).transpose(1, 2) for t in (k, v))
+        start = 0 if past is None else past[0].shape[2]
+        if self.rotary is not None:  # keys are cached rotated: their positions never change
+            q, k = self.rotary(q, start), self.rotary(k, start)
         present = (k, v)  # a forward without past (training) allocates no buffer
         if past is not None:
             present = past if isinstance(past, KVBuffer) else KVBuffer(past, self.block_size)
             k, v = present.append(k, v)
+        if self.n_kv_head < self.n_head:  # the cache keeps n_kv_head heads; each serves a group of queries
+            # copied out rather than SDPA's enable_gqa, which falls back to the slow math kernel with a mask
+            k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, 1) for t in (k, v))
         S = k.shape[2]
-        # Causal: query i (absolute position S-L+i) sees keys <= it. Without a cache that is
-        # SDPA's is_causal; one new query sees everything; otherwise an explicit mask.
-        mask = None if L == 1 or S == L else torch.ones(L, S, dtype=torch.bool, device=x.device).tril(S - L)
+        rows = query_rows(self.mask, S - L, L)  # this step's queries at their absolute slots
         p = self.dropout if self.training else 0.0
         if self.attn_impl == "sdpa":
-            y = sdpa(q, k, v, mask, p, causal=S == L and L > 1)
+            # full attention keeps SDPA's mask-free paths: is_causal without a cache, nothing for one query
+            fast = self.full and (S == L or L == 1)
+            y = sdpa(q, k, v, None if fast else rows, p, causal=fast and L > 1)
         else:
-            y = reference_attention(q, k, v, mask if mask is not None or L == 1 else _causal(L, x.device), p)
+            y = reference_attention(q, k, v, rows, p)
         y = y.transpose(1, 2).reshape(B, L, C)
         return self.resid_drop(self.proj(y)), present
 
@@ -128,10 +164,6 @@ def sdpa(q, k, v, mask: torch.Tensor | None, dropout_p: float, causal: bool) -> 
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
 
 
-def _causal(n: int, device) -> torch.Tensor:
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
-
-
 def reference_attention(q, k, v, mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
     """The explicit softmax(QK^T / sqrt(d)) V of minGPT, kept as the benchmark baseline."""
     att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
@@ -142,10 +174,10 @@ def reference_attention(q, k, v, mask: torch.Tensor | None, dropout_p: float) ->
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: GPTConfig, attn_impl: str):
+    def __init__(self, cfg: GPTConfig, attn_impl: str, layer: int = 0):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.n_embd), nn.LayerNorm(cfg.n_embd)
-        self.attn = SelfAttention(cfg, attn_impl)
+        self.attn = SelfAttention(cfg, attn_impl, layer)
         self.mlp = nn.Sequential(
             nn.Linear(cfg.n_embd, 4 * cfg.n_embd),
             nn.GELU(),
@@ -167,10 +199,12 @@ class GPT(nn.Module):
         if cfg.pos_emb == "2d":
             self.row_emb = nn.Parameter(torch.zeros(cfg.grid_h, cfg.n_embd))
             self.col_emb = nn.Parameter(torch.zeros(cfg.grid_w, cfg.n_embd))
-        else:
+        elif cfg.pos_emb == "1d":
             self.pos_emb = nn.Parameter(torch.zeros(cfg.block_size, cfg.n_embd))
+        elif cfg.pos_emb not in ("rope2d", "none"):  # rope2d: in the attention; none: no table
+            raise ValueError(f"unknown pos_emb {cfg.pos_emb!r}; expected 1d, 2d, rope2d or none")
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, attn_impl) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, attn_impl, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.head.weight = self.wte.weight  # tied input/output embeddings
@@ -186,11 +220,14 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def positions(self, start: int, length: int) -> torch.Tensor:
+    def positions(self, start: int, length: int) -> torch.Tensor | None:
+        """The learned position embeddings of slots start.. (None where positions enter elsewhere)."""
         if start + length > self.cfg.block_size:
             raise ValueError(f"sequence of {start + length} slots exceeds block size {self.cfg.block_size}")
         if self.cfg.pos_emb == "1d":
             return self.pos_emb[start : start + length]
+        if self.cfg.pos_emb != "2d":
+            return None
         pos = torch.arange(start, start + length, device=self.row_emb.device)
         return self.row_emb[pos // self.cfg.grid_w] + self.col_emb[pos % self.cfg.grid_w]
 
@@ -203,7 +240,8 @@ class GPT(nn.Module):
     ):
         """idx (B, L) slot tokens -> (logits (B, L, V), loss or None, present_kv or None)."""
         start = 0 if past_kv is None else past_kv[0][0].shape[2]
-        x = self.drop(self.wte(idx) + self.positions(start, idx.shape[1]))
+        x, pos = self.wte(idx), self.positions(start, idx.shape[1])
+        x = self.drop(x if pos is None else x + pos)
         present = []
         for i, block in enumerate(self.blocks):
             x, kv = block(x, None if past_kv is None else past_kv[i])
@@ -319,7 +357,7 @@ def load_gpt(model_dir: str | Path, device: str | torch.device = "cpu") -> GPT:
     try:
         model = GPT(GPTConfig(**config["model"]))
         missing, unexpected = model.load_state_dict(tensors, strict=False)
-    except (KeyError, TypeError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise damaged(model_dir, "train", f"config and weights do not describe one GPT: {e}") from None
     if unexpected or set(missing) != {TIED}:
         raise damaged(model_dir, "train", f"weights missing {sorted(set(missing) - {TIED})}, unexpected {unexpected}")

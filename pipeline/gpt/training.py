@@ -95,6 +95,7 @@ def model_config(p: TrainParams, meta: tok.TokenMeta) -> GPTConfig:
     return GPTConfig(
         k=meta.k, grid_h=meta.grid_h, grid_w=meta.grid_w, n_classes=meta.n_classes, conditional=p.conditional,
         n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd, dropout=p.dropout, pos_emb=p.pos_emb,
+        attention=p.attention, window=p.window, n_kv_head=p.n_kv_head,
     )
 
 
@@ -178,7 +179,9 @@ def train(
             start_epoch, step, history, best = state["epoch"], state["step"], state["history"], state["best"]
 
         if info.world > 1:
-            net = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+            # the only buffers are constants derived from the config (masks, rotary tables): no per-step sync
+            net = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                                          broadcast_buffers=False)
         else:
             net = model
         if p.compile:
