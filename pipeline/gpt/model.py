@@ -138,7 +138,7 @@ class SelfAttention(nn.Module):
             present = past if isinstance(past, KVBuffer) else KVBuffer(past, self.block_size)
             k, v = present.append(k, v)
         if self.n_kv_head < self.n_head:  # the cache keeps n_kv_head heads; each serves a group of queries
-            # copied out rather than SDPA's enable_gqa, which falls back to the slow math kernel with a mask
+            # copied out: SDPA's enable_gqa falls back to its math kernel on CUDA when given a mask
             k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, 1) for t in (k, v))
         S = k.shape[2]
         rows = query_rows(self.mask, S - L, L)  # this step's queries at their absolute slots
