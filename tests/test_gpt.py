@@ -216,12 +216,13 @@ def test_patterns_are_the_documented_ones():
     W = 4  # 3 x 4 grid; slot 6 is row 1, column 2
     seen = {a: [block_mask(a, 3, W, 2, layer)[6].nonzero().flatten().tolist() for layer in (0, 1)] for a in ATTENTIONS}
     assert seen["full"] == [list(range(7))] * 2
-    assert seen["local"] == [[0, 5, 6]] * 2  # window 2, itself included
-    assert seen["axial"] == [[0, 4, 5, 6], [0, 2, 6]]  # its row; its column
-    assert seen["strided"] == [[0, 3, 4, 5, 6], [0, 2, 6]]  # the W latest slots; every W-th slot back
+    assert seen["local"] == [[0, 5, 6]] * 2  # window 2: codes 4 and 5
+    # slot k holds code k - 1: slot 6 predicts code 6 (row 1, column 2) and holds code 5
+    assert seen["axial"] == [[0, 5, 6], [0, 3, 6]]  # codes 4, 5 (its row, to the left); code 2 (straight above)
+    assert seen["strided"] == [[0, 3, 4, 5, 6], [0, 3, 6]]  # the W latest codes 2..5; every W-th code back
     reach = {a: (block_mask(a, 3, W, 2, 1).float() @ block_mask(a, 3, W, 2, 0).float()) > 0 for a in ATTENTIONS}
     assert torch.equal(reach["strided"], reach["full"])  # two strided layers reach every earlier slot
-    assert not reach["axial"][6, 3]  # axial never reaches up and to the right (slot 3: row 0, column 3)
+    assert not reach["axial"][6, 4]  # axial never reaches up and to the right (slot 4 holds code 3: row 0, column 3)
 
 
 @variants
