@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.core.images import to_float_nchw  # noqa: E402
-from pipeline.core.runtime import describe_cpu, grad_scaler, resolve_precision  # noqa: E402
+from pipeline.core.runtime import describe_cpu, grad_scaler, resolve_feature_precision, resolve_precision  # noqa: E402
 from pipeline.data.cifar10 import Split  # noqa: E402
 from pipeline.evaluation import inception  # noqa: E402
 from pipeline.features.encoders import build_encoder  # noqa: E402
@@ -211,7 +211,9 @@ def main() -> None:
     }
     for name in args.only:
         section = p.reference if name == "inception" else getattr(p, name)
-        precision = resolve_precision(args.precision or section.precision, CPU, f"{name}.precision")
+        requested = args.precision or section.precision
+        precision = (resolve_feature_precision(requested, CPU) if name == "inception"  # as the reference stage does
+                     else resolve_precision(requested, CPU, f"{name}.precision"))  # fmt: skip
         r = stages[name](precision) | {"precision": precision}
         if name == "train":
             r["compile"] = args.compile or p.train.compile
