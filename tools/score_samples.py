@@ -51,7 +51,7 @@ def main() -> None:
         n = min(p.n_samples, len(images))
         quality, _ = sample_quality(
             images, labels, raw_test.images, raw_train.images, ref, evaluator=evaluator,
-            evaluator_name=p.evaluator, n=n, batch_size=p.batch_size, kid_subset_size=min(p.kid_subset_size, n),
+            evaluator_name=p.evaluator, n=n, batch_size=p.batch_size, kid_subset_size=p.kid_subset_size,
             device=device, seed=p.seed,
         )  # fmt: skip
         scores[run.stem] = {**quality, "inception": description(ref, n, "train"), "evaluator": p.evaluator}
