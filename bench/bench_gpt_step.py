@@ -1,6 +1,6 @@
 """GPT training-step throughput of the default model (params.yaml `train`) on CUDA, and what speeds it up.
 
-    python bench/bench_gpt_step.py [--seconds 4] [--configs ...] [--json out.json]     # one GPU
+    python bench/bench_gpt_step.py [--seconds 4] [--configs ...] [--batch B] [--json out.json]     # one GPU
     python bench/bench_gpt_step.py --tiny                                              # CPU smoke run
 
 Every config trains the same model (params.yaml train, codebook.k, extract.grid; 10 classes) with the
@@ -9,13 +9,15 @@ this device, and reports tokens/s and model-FLOPs utilisation (MFU: the model's 
 token, GPTConfig.flops_per_token, times tokens/s, over the bf16 matrix-product peak measured on the
 same device at the start). Configs:
 
-  trainer      as the train stage runs today: token batches indexed on the host and copied each step
-               (a pageable host-to-device copy waits for the GPU), foreach AdamW, the loss read back
-               every POSTFIX_EVERY steps for the progress bar, eager
+  host-eager   the train stage's loop before it moved to the device: token batches indexed on the host and
+               copied each step (a pageable host-to-device copy waits for the GPU), foreach AdamW, the loss
+               read back every POSTFIX_EVERY steps for the progress bar, eager
   eager-fused  tokens resident on the device, batches indexed there: no host sync in the loop; fused AdamW
   compiled     eager-fused with torch.compile(model) (default mode)
   graphs       eager-fused with torch.compile(model, mode="reduce-overhead") (CUDA graphs)
-  compiled-bx4 compiled at 4x the batch (throughput only: a real run would scale the learning rate)
+  stage        as the train stage runs on one GPU with train.compile auto: compiled, plus the loss read back
+               every POSTFIX_EVERY steps
+--batch sets the batch (default train.batch_size); the learning rate is not rescaled: throughput only.
 
 Timing: a run of steps after warm-up (compilation included there, and reported), synchronised only at
 both ends. Needs torch, numpy, h5py, safetensors, PyYAML: no pydantic, FAISS or DVC.
@@ -39,7 +41,7 @@ from pipeline.core.runtime import grad_scaler, resolve_precision  # noqa: E402
 from pipeline.gpt.model import GPT, GPTConfig, training_inputs  # noqa: E402
 from pipeline.gpt.step import train_step  # noqa: E402
 
-CONFIGS = ["trainer", "eager-fused", "compiled", "graphs", "compiled-bx4"]
+CONFIGS = ["host-eager", "eager-fused", "compiled", "graphs", "stage"]
 POSTFIX_EVERY = 10  # the trainer's progress-bar read-back interval (pipeline/gpt/training.py)
 N_TRAIN = 50_000
 
@@ -77,26 +79,28 @@ def default_config(params: dict, tiny: bool) -> tuple[GPTConfig, dict]:
 
 
 def run_config(name: str, cfg: GPTConfig, tr: dict, device: torch.device, precision: str, seconds: float) -> dict:
-    batch = tr["batch_size"] * (4 if name.endswith("bx4") else 1)
+    batch = tr["batch_size"]
     torch.manual_seed(0)
     model = GPT(cfg).to(device).train()
-    fused = name != "trainer" and device.type == "cuda"
+    fused = name != "host-eager" and device.type == "cuda"
     opt = torch.optim.AdamW(model.param_groups(tr["weight_decay"]), lr=tr["lr"], betas=(tr["beta1"], tr["beta2"]),
                             fused=fused or None)  # fmt: skip
     scaler = grad_scaler(device, precision)
     net = model
-    if name in ("compiled", "compiled-bx4"):
+    graphs = name == "graphs"
+    if name in ("compiled", "stage"):
         net = torch.compile(model)
-    elif name == "graphs":
+    elif graphs:
         net = torch.compile(model, mode="reduce-overhead")
-    host = name == "trainer"
+    host = name == "host-eager"
+    read_back = name in ("host-eager", "stage")
     tokens = torch.randint(0, cfg.k, (N_TRAIN, cfg.block_size), device="cpu" if host else device)
     labels = torch.randint(0, cfg.n_classes, (N_TRAIN,), device="cpu" if host else device)
     drop = torch.rand(N_TRAIN, device="cpu" if host else device) < tr["label_dropout"]
     order = torch.randperm(N_TRAIN, device="cpu" if host else device)
 
     def step(i: int) -> torch.Tensor:
-        if name == "graphs":
+        if graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new training iteration: earlier outputs may be reused
         for group in opt.param_groups:  # the trainer sets the scheduled rate every step
             group["lr"] = tr["lr"]
@@ -107,7 +111,7 @@ def run_config(name: str, cfg: GPTConfig, tr: dict, device: torch.device, precis
         prefix = torch.where(dropped, cfg.null_token, cfg.prefix(cls, batch, device))
         loss = train_step(net, model.parameters(), opt, scaler, training_inputs(codes, prefix), codes, precision,
                           tr["grad_clip"])  # fmt: skip
-        if host and i % POSTFIX_EVERY == 0:
+        if read_back and i % POSTFIX_EVERY == 0:
             loss.item()
         return loss
 
@@ -135,6 +139,7 @@ def main() -> None:
     ap.add_argument("--configs", nargs="*", default=CONFIGS, choices=CONFIGS)
     ap.add_argument("--seconds", type=float, default=4.0, help="timed seconds per config (after warm-up)")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model, batch 16: a smoke run on CPU")
+    ap.add_argument("--batch", type=int, help="sequences per step (default: train.batch_size)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -142,6 +147,7 @@ def main() -> None:
                           "cpu" if args.device == "auto" else args.device)  # fmt: skip
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     cfg, tr = default_config(params, args.tiny)
+    tr = tr | ({"batch_size": args.batch} if args.batch else {})
     precision = resolve_precision(tr["precision"], device, "train.precision")
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # as the train stage sets it

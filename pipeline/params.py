@@ -25,6 +25,8 @@ Device = Literal["auto", "cpu", "cuda"]
 # auto: what the hardware does natively (pipeline/core/runtime.py has the table); fp16 is for CUDA
 # cards without bf16.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# torch.compile mode of the GPT step (none: eager); auto: default mode on one GPU, else eager (README: benchmarks)
+Compile = Literal["auto", "none", "default", "reduce-overhead"]
 # Inception features: an explicit precision, never hardware-dependent, so references compare across machines.
 FeaturePrecision = Literal["auto", "fp32", "bf16"]  # auto: bf16 on a CPU with native bf16, else fp32
 Evaluator = Literal["cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56"]  # pre-trained classifiers
@@ -120,7 +122,7 @@ class TrainParams(Section):
     grad_clip: float = Field(ge=0)
     seed: int = Field(ge=0)
     precision: Precision
-    compile: bool
+    compile: Compile
     device: Device
 
     @model_validator(mode="after")

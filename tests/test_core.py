@@ -92,3 +92,18 @@ def test_precision_resolution_table(monkeypatch, caplog, requested, device, nati
 def test_feature_precision_resolution(monkeypatch, requested, device, native_bf16, expected):
     monkeypatch.setattr(runtime, "native", lambda dev, precision: native_bf16)
     assert runtime.resolve_feature_precision(requested, torch.device(device)) == expected
+
+
+@pytest.mark.parametrize(
+    "requested, device, world, expected",
+    [
+        ("auto", "cuda", 1, "default"),  # the small GPT step is launch-bound on a GPU
+        ("auto", "cuda", 4, None),  # DDP: eager (not measured compiled)
+        ("auto", "cpu", 1, None),  # eager: compiling the CPU step gained nothing
+        ("none", "cuda", 1, None),
+        ("default", "cpu", 1, "default"),
+        ("reduce-overhead", "cuda", 2, "reduce-overhead"),  # explicit: as asked
+    ],
+)
+def test_compile_resolution_table(requested, device, world, expected):
+    assert runtime.resolve_compile(requested, torch.device(device), world) == expected

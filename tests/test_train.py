@@ -53,8 +53,8 @@ def write_tokens(path: Path, n_train: int = 64, n_test: int = 32, k: int = K, gr
 
 def tiny_params(**overrides) -> TrainParams:
     base = yaml.safe_load((REPO / "params.yaml").read_text())["train"]  # the real keys, tiny sizes
-    base.update(n_layer=2, n_head=2, n_embd=32, epochs=2, batch_size=16, warmup_steps=2, precision="fp32",
-                device="cpu", compile=False, flip=False)
+    base.update(n_layer=2, n_head=2, n_embd=32, epochs=2, batch_size=16, lr=6e-4, min_lr=6e-5, warmup_steps=2,
+                precision="fp32", device="cpu", compile="none", flip=False)
     base.update(overrides)
     return TrainParams(**base)
 
@@ -259,10 +259,12 @@ def test_compiled_bf16_training_saves_plain_weights_close_to_eager(tmp_path, tok
     runs = {}
     for compiled in (False, True):
         root = tmp_path / f"compile_{compiled}"
-        train(tiny_params(epochs=1, dropout=0.0, precision="bf16", compile=compiled), paths_in(root, tokens_h5))
+        mode = "default" if compiled else "auto"  # auto: eager on CPU
+        train(tiny_params(epochs=1, dropout=0.0, precision="bf16", compile=mode), paths_in(root, tokens_h5))
         ckpt = torch.load(root / "checkpoints/gpt/last.pt", map_location="cpu", weights_only=True)
         assert not [k for k in ckpt["model"] if "_orig_mod" in k]
         runs[compiled] = (json.loads((root / "metrics/train.json").read_text()), load_gpt(root / "models/gpt"))
+    assert (runs[False][0]["compile"], runs[True][0]["compile"]) == ("none", "default")
     assert runs[True][0]["val_nll"] == pytest.approx(runs[False][0]["val_nll"], abs=1e-4)
     # The 4 AdamW steps move every weight by ~1.8e-3; compiled and eager agree to ~3e-5, except the qkv
     # biases (~5e-4): their gradients are near zero, and Adam scales the rounding noise up to lr.

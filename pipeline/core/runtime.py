@@ -98,6 +98,20 @@ def resolve_precision(requested: str, device: torch.device, param: str) -> str:
     return requested
 
 
+def resolve_compile(requested: str, device: torch.device, world: int = 1) -> str | None:
+    """train.compile -> the torch.compile mode to train with, None for eager; logged.
+
+    auto: torch.compile's default mode for one process on CUDA, where the GPT's small steps are bound by
+    kernel launches; eager on CPU, where compiling the step gained nothing, and under DDP, not measured
+    compiled (README: benchmarks). reduce-overhead (CUDA graphs) is asked for explicitly."""
+    if requested == "auto":
+        mode = "default" if device.type == "cuda" and world == 1 else None
+    else:
+        mode = None if requested == "none" else requested
+    log.info("train.compile: %s -> %s on %s", requested, mode or "eager", device)
+    return mode
+
+
 def resolve_feature_precision(requested: str, device: torch.device) -> str:
     """Precision of frozen-network features that enter a metric (Inception FID): `auto` is bf16 only on a CPU
     that has it natively (where fp32 would dominate the CPU preset's time), else fp32, the published

@@ -39,7 +39,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import sha256_file
 from pipeline.core.plots import save_png, write_csv
 from pipeline.core.progress import Eta
-from pipeline.core.runtime import grad_scaler, resolve_device, resolve_precision
+from pipeline.core.runtime import grad_scaler, resolve_compile, resolve_device, resolve_precision
 from pipeline.core.schedule import lr_at
 from pipeline.gpt.likelihood import bits_per_image, mean_nll, nll_metrics
 from pipeline.gpt.model import GPT, GPTConfig, save_gpt, training_inputs
@@ -124,10 +124,11 @@ class EpochBatches:
         if self.steps == 0:
             raise PipelineError(f"train.batch_size = {p.batch_size} exceeds the {n} training sequences")
 
-    def epoch(self, epoch: int) -> list[torch.Tensor]:
+    def epoch(self, epoch: int, device: torch.device) -> list[torch.Tensor]:
+        """This epoch's batches of sequence indices, on `device` (one copy per epoch, none per step)."""
         self.sampler.set_epoch(epoch)
         idx = torch.tensor(list(self.sampler))
-        return list(idx[: self.steps * self.local].split(self.local))
+        return list(idx[: self.steps * self.local].to(device).split(self.local))
 
 
 def train(
@@ -156,7 +157,8 @@ def train(
         stack.enter_context(torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []))
         torch.manual_seed(p.seed)  # identical initial weights on every rank
         model = GPT(cfg).to(info.device)
-        opt = torch.optim.AdamW(model.param_groups(p.weight_decay), lr=p.lr, betas=(p.beta1, p.beta2))
+        fused = True if info.device.type == "cuda" else None  # one kernel per update on a GPU
+        opt = torch.optim.AdamW(model.param_groups(p.weight_decay), lr=p.lr, betas=(p.beta1, p.beta2), fused=fused)
         scaler = grad_scaler(info.device, precision)
         batches = EpochBatches(len(train_split.tokens), p, info)
         total_steps = batches.steps * p.epochs
@@ -184,8 +186,10 @@ def train(
                                           broadcast_buffers=False)
         else:
             net = model
-        if p.compile:
-            net = torch.compile(net)  # weights stay on `model`: no _orig_mod. prefix in saved files
+        compile_mode = resolve_compile(p.compile, info.device, info.world)
+        if compile_mode is not None:
+            net = torch.compile(net, mode=compile_mode)  # weights stay on `model`: no _orig_mod. prefix in saved files
+        graphs = compile_mode == "reduce-overhead" and info.device.type == "cuda"
         if info.main:
             log.info(
                 "GPT %.2fM params, vocab %d, %d slots; %d train (%s) / %d val sequences; %d steps/epoch x %d epochs; "
@@ -195,28 +199,33 @@ def train(
                 p.batch_size, info.world, info.device, precision,
             )
 
+        # Every sequence lives on the device: a step indexes there, with no host copy (or wait) per step.
+        dev = info.device
+        train_codes, train_labels = train_split.tokens.to(dev), train_split.labels.to(dev)
+        flipped = flipped.to(dev) if flipped is not None else None
         tokens_per_step = p.batch_size * cfg.block_size
         eta = Eta("train", total_steps - step, "steps", slow_minutes=30, slow_hint=slow_hint)
         train_time, epochs_here = 0.0, 0
         for epoch in range(start_epoch, p.epochs):
             torch.manual_seed(_seed(p.seed, epoch, 1 + info.rank))  # dropout RNG, per rank
             drop = torch.rand(len(train_split.tokens), generator=torch.Generator().manual_seed(_seed(p.seed, epoch, 0)))
-            drop = drop < p.label_dropout  # per sequence, so it does not depend on the rank split
-            codes_epoch = train_split.tokens
+            drop = (drop < p.label_dropout).to(dev)  # per sequence, so it does not depend on the rank split
+            codes_epoch = train_codes
             if flipped is not None:  # per sequence too: the image or its mirror, half and half
                 mirror = torch.rand(len(codes_epoch), generator=torch.Generator().manual_seed(_seed(p.seed, epoch, 2)))
-                codes_epoch = torch.where((mirror < 0.5)[:, None], flipped, codes_epoch)
+                codes_epoch = torch.where((mirror < 0.5).to(dev)[:, None], flipped, codes_epoch)
             model.train()
             loss_sum, t0 = torch.zeros((), device=info.device), time.perf_counter()
-            bar = tqdm(batches.epoch(epoch), desc=f"epoch {epoch + 1}/{p.epochs}", disable=not info.main, leave=False)
+            bar = tqdm(batches.epoch(epoch, dev), desc=f"epoch {epoch + 1}/{p.epochs}", disable=not info.main,
+                       leave=False)
             for i, idx in enumerate(bar):
                 lr = lr_at(step, total_steps, p.warmup_steps, p.lr, p.min_lr)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                codes = codes_epoch[idx].to(info.device, non_blocking=True)
-                labels = train_split.labels[idx].to(info.device, non_blocking=True)
-                prefix = cfg.prefix(labels, len(idx), info.device)
-                prefix = torch.where(drop[idx].to(info.device), cfg.null_token, prefix)
+                if graphs:  # a new iteration: CUDA-graph outputs of the previous one may be overwritten
+                    torch.compiler.cudagraph_mark_step_begin()
+                codes = codes_epoch[idx]
+                prefix = torch.where(drop[idx], cfg.null_token, cfg.prefix(train_labels[idx], len(idx), dev))
                 loss = train_step(net, model.parameters(), opt, scaler, training_inputs(codes, prefix), codes,
                                   precision, p.grad_clip)
                 step += 1
@@ -249,7 +258,7 @@ def train(
         tokens_per_s = epochs_here * batches.steps * tokens_per_step / train_time if train_time else 0.0
         _write_plots(history, paths.plots)
         model.load_state_dict(best["model"])
-        _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info, precision)
+        _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info, precision, compile_mode)
     return model
 
 
@@ -267,7 +276,7 @@ def _write_plots(history: list[dict], plots: Path) -> None:
     save_png(fig, plots / "train_loss.png")
 
 
-def _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info, precision) -> None:
+def _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info, precision, compile_mode) -> None:
     """The best epoch's model (already loaded into `model`), and train.json saying which and why."""
     at_best = history[best["epoch"] - 1]
     save_gpt(model, paths.model_dir, {
@@ -287,6 +296,7 @@ def _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info, pre
         "world_size": info.world,
         "device": str(info.device),
         "precision": precision,
+        "compile": compile_mode or "none",
     }
     write_json(paths.metrics, metrics)
     log.info("saved epoch %d of %d (lowest validation NLL %.4f nats/token = %.1f bits/image) -> %s, %s",
