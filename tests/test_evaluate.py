@@ -158,6 +158,7 @@ def test_evaluate_writes_eval_json(tmp_path, monkeypatch, torch_home, reference_
     s, floor = m["samples"], m["floor_test_images"]
     assert s["n"] == few["n_samples"] and floor["n"] == min(few["n_samples"], 12) and s["fid_inception"] > 0 and floor["fid_inception"] > 0
     assert s["kid_inception_std"] >= 0 and s["fid_resnet56"] >= 0 and s["kid_resnet56_std"] >= 0
+    assert all(0 <= x[key] <= 1 for x in (s, floor) for key in ("precision_inception", "recall_inception"))
     assert (0 <= s["class_agreement"] <= 1) if conditional else s["class_agreement"] is None
     rows = (root / PLOTS / "eval_classes.csv").read_text().splitlines()
     assert rows[0] == "class,share_of_samples,agreement" and len(rows) == 11

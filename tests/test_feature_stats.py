@@ -1,4 +1,4 @@
-"""Fréchet distance and KID on cases with a known answer (pipeline/evaluation/feature_stats.py)."""
+"""Fréchet distance, KID, precision and recall on cases with a known answer (pipeline/evaluation/feature_stats.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from pipeline.evaluation.feature_stats import Gaussian, frechet_distance, gaussian, kid
+from pipeline.evaluation.feature_stats import Gaussian, frechet_distance, gaussian, kid, precision_recall
 
 
 def test_gaussian_is_the_mean_and_unbiased_covariance():
@@ -84,3 +84,19 @@ def test_too_few_vectors_are_refused():
         gaussian(np.zeros((1, 4)))
     with pytest.raises(ValueError, match="at least 2"):
         kid(np.zeros((1, 4)), np.zeros((5, 4)), subsets=1, subset_size=5, seed=0)
+    with pytest.raises(ValueError, match="more than 3"):
+        precision_recall(np.zeros((3, 4)), np.zeros((5, 4)))
+
+
+def test_precision_and_recall_of_a_copy_a_distant_set_and_half_the_modes():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((300, 8)), rng.standard_normal((200, 8)) + 100.0  # two far-apart modes
+    real = np.concatenate([a, b])
+    assert precision_recall(real, real) == (1.0, 1.0)
+    assert precision_recall(real, real + 1000.0) == (0.0, 0.0)
+    # Only mode a generated, exactly: every fake is a real point (precision 1); the reals of mode b lie
+    # outside every fake's neighbourhood, those of mode a on a fake (recall = 300 / 500).
+    assert precision_recall(real, a) == (1.0, pytest.approx(300 / 500))
+    # Spread-out fakes around mode a cover its reals but are not inside the real manifold themselves.
+    precision, recall = precision_recall(real, 10.0 * a)
+    assert precision < 0.2 and recall == pytest.approx(300 / 500)

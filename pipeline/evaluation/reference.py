@@ -21,7 +21,7 @@ from pipeline.core.artifacts import damaged, open_h5
 from pipeline.core.atomic import atomic_path
 from pipeline.core.errors import PipelineError
 from pipeline.evaluation import inception
-from pipeline.evaluation.feature_stats import Gaussian, frechet_distance, gaussian, kid
+from pipeline.evaluation.feature_stats import Gaussian, frechet_distance, gaussian, kid, precision_recall
 
 STAGE = "reference"
 KID_SUBSETS = 100  # as torch-fidelity and clean-fid
@@ -95,9 +95,13 @@ def fid_to(features: np.ndarray, target: Gaussian) -> float:
 
 
 def scores_vs_train(features: np.ndarray, ref: Reference, *, kid_subset_size: int, seed: int) -> dict[str, float]:
-    """FID against the train statistics and KID against the kept train features."""
+    """FID against the train statistics; KID, precision and recall against the kept train features (for
+    precision/recall as many as `features` has, a seeded subset: the k-NN radii depend on the set size)."""
     kid_mean, kid_std = kid(features, ref.train_kid, subsets=KID_SUBSETS, subset_size=kid_subset_size, seed=seed)
-    return {"fid_inception": fid_to(features, ref.train), "kid_inception_mean": kid_mean, "kid_inception_std": kid_std}
+    real = ref.train_kid[pick(len(ref.train_kid), len(features), np.random.default_rng(seed))]
+    precision, recall = precision_recall(real, features)
+    return {"fid_inception": fid_to(features, ref.train), "kid_inception_mean": kid_mean, "kid_inception_std": kid_std,
+            "precision_inception": precision, "recall_inception": recall}  # fmt: skip
 
 
 # The image counts of published CIFAR-10 numbers: generator FIDs score this many samples against the
