@@ -14,8 +14,8 @@ whole preset's time projected from short timed runs (the preset itself is not ru
     per-epoch validation NLL passes;
 (i) inception: Inception features (preprocessing + network) in reference.precision, times the images the
     reference, reconstruct and evaluate stages encode under the preset;
-(e) the whole preset: (b)-(d) and (i) plus the other stages as measured in the README's fresh-clone preset run
-    (whose evaluate predates the Inception features).
+(e) the whole preset: (b)-(d) and (i) plus the other stages as measured in the README's AMX run of the preset
+    (evaluate without its Inception features, which (i) counts).
 Each timing is the fastest of a few steps after warm-up in this process's CPU time (time.process_time),
 by default on one thread: other processes on shared cores inflate wall time far more than CPU time, so
 the projections are what one idle core would take (a second core shortens them by less than half).
@@ -64,7 +64,7 @@ def split_sizes(p: Params) -> dict[str, int]:
     return {"train": train, "val": val, "test": N_TEST, "extract": N_CIFAR_TRAIN + N_TEST + train * p.extract.flip}
 # The other stages of the README's fresh-clone CPU-preset run on this project's 2-core AMX CPU, in seconds:
 # fp32 code paths (FAISS, sampling, FID features) that the precision does not change.
-OTHER_STAGES_S = {"download": 2, "codebook": 59, "sample": 7, "evaluate": 35}
+OTHER_STAGES_S = {"download": 7, "codebook": 180, "sample": 8, "evaluate": 45}
 CPU = torch.device("cpu")
 
 
