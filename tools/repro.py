@@ -46,7 +46,7 @@ def plan(preset: str, cuda: bool) -> Plan:
 def announce(p: Plan) -> str:
     other = "gpu" if p.preset == "cpu" else "cpu"
     if p.preset == "cpu":
-        what = (f"the CPU preset ({CPU_PRESET}: a smaller decoder and GPT, about 30-45 min on 2 cores), applied with "
+        what = (f"the CPU preset ({CPU_PRESET}: a smaller decoder and GPT, about 20-40 min on 2 cores), applied with "
                 f"`dvc exp run -S ...`: params.yaml and dvc.lock then hold exactly the params that made the outputs")
     else:
         what = f"the default {DEFAULT_PARAMS} (sized for one GPU) with `dvc repro`"
