@@ -39,7 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.core.images import to_float_nchw  # noqa: E402
-from pipeline.core.runtime import describe_cpu, grad_scaler, resolve_feature_precision, resolve_precision  # noqa: E402
+from pipeline.core.runtime import (  # noqa: E402
+    describe_cpu, grad_scaler, resolve_compile, resolve_feature_precision, resolve_precision,
+)
 from pipeline.data.cifar10 import Split  # noqa: E402
 from pipeline.evaluation import inception  # noqa: E402
 from pipeline.features.encoders import build_encoder  # noqa: E402
@@ -145,7 +147,7 @@ def bench_decoder(p: Params, precision: str, steps: int) -> dict:
             "projected_s": total_steps * step_s + decoded / 1000 * decode_s}  # fmt: skip
 
 
-def bench_train(p: Params, precision: str, steps: int, compile: bool) -> dict:
+def bench_train(p: Params, precision: str, steps: int, compile_mode: str | None) -> dict:
     tr, k, grid = p.train, p.codebook.k, p.extract.grid
     cfg = model_config(tr, TokenMeta(k, grid, grid, 10, tuple(map(str, range(10))), p.extract.encoder, 1, "bench"))
     torch.manual_seed(0)
@@ -154,7 +156,7 @@ def bench_train(p: Params, precision: str, steps: int, compile: bool) -> dict:
     scaler = grad_scaler(CPU, precision)
     codes = torch.randint(0, k, (tr.batch_size, grid * grid))
     inputs = training_inputs(codes, cfg.prefix(torch.arange(tr.batch_size) % 10, tr.batch_size, CPU))
-    net = torch.compile(model) if compile else model  # train.compile: the stage does the same
+    net = torch.compile(model, mode=compile_mode) if compile_mode else model  # as the train stage does
     step_s = best_seconds(
         lambda: train_step(net, model.parameters(), opt, scaler, inputs, codes, precision, tr.grad_clip), steps
     )
@@ -193,7 +195,7 @@ def main() -> None:
     ap.add_argument("--extract-images", type=int, default=3000)
     ap.add_argument("--precision", help="run every stage in this precision instead of the params' (e.g. bf16)")
     ap.add_argument("--only", nargs="*", default=["extract", "decoder", "train", "inception"])
-    ap.add_argument("--compile", action="store_true", help="train with torch.compile (train.compile: true)")
+    ap.add_argument("--compile", action="store_true", help="train with torch.compile (train.compile: default)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -203,10 +205,12 @@ def main() -> None:
     out["matmul_512_gflops_1_thread"] = mm
     print(f"(a) {out['cpu']}; load average {out['load_average'][0]:.1f}\n    512x512 matmul, 1 thread: fp32 "
           f"{mm['fp32']:.1f} GFLOP/s, bf16 {mm['bf16']:.1f} GFLOP/s (bf16/fp32 = {mm['bf16'] / mm['fp32']:.2f})")
+    # train.compile as the stage resolves it on this CPU (auto: eager), or torch.compile's default with --compile
+    compile_mode = "default" if args.compile else resolve_compile(p.train.compile, CPU)
     stages = {
         "extract": lambda prec: bench_extract(p, prec, args.extract_images),
         "decoder": lambda prec: bench_decoder(p, prec, args.steps),
-        "train": lambda prec: bench_train(p, prec, args.steps, args.compile or p.train.compile),
+        "train": lambda prec: bench_train(p, prec, args.steps, compile_mode),
         "inception": lambda prec: bench_inception(p, prec, args.steps),
     }
     for name in args.only:
@@ -216,13 +220,13 @@ def main() -> None:
                      else resolve_precision(requested, CPU, f"{name}.precision"))  # fmt: skip
         r = stages[name](precision) | {"precision": precision}
         if name == "train":
-            r["compile"] = args.compile or p.train.compile
+            r["compile"] = compile_mode or "none"
         out[name] = r
         rate = (f"{r['images_per_s']:.1f} images/s for {sum(r['images'].values())} images" if name == "inception" else
                 f"{r['images_per_s']:.0f} images/s" if name == "extract" else
                 f"{r['step_s']:.3f} s/step ({p.decoder.batch_size / r['step_s']:.0f} images/s)" if name == "decoder" else
                 f"{r['step_s']:.3f} s/step ({r['tokens_per_s']:,.0f} tokens/s)")  # fmt: skip
-        compiled = " compiled" if r.get("compile") else ""
+        compiled = f" compiled ({r['compile']})" if r.get("compile", "none") != "none" else ""
         print(f"    {name:8s} {precision}{compiled}: {rate} -> {r['projected_s'] / 60:.1f} min for the preset")
     if set(args.only) == set(stages):
         total = sum(out[s]["projected_s"] for s in stages) + sum(OTHER_STAGES_S.values())

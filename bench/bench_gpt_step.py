@@ -15,8 +15,8 @@ same device at the start). Configs:
   eager-fused  tokens resident on the device, batches indexed there: no host sync in the loop; fused AdamW
   compiled     eager-fused with torch.compile(model) (default mode)
   graphs       eager-fused with torch.compile(model, mode="reduce-overhead") (CUDA graphs)
-  stage        as the train stage runs on one GPU with train.compile auto: compiled, plus the loss read back
-               every POSTFIX_EVERY steps
+  stage        as the train stage runs on one device: train.compile resolved as it resolves it (auto: compiled
+               on a GPU), plus the loss read back every POSTFIX_EVERY steps
 --batch sets the batch (default train.batch_size); the learning rate is not rescaled: throughput only.
 
 Timing: a run of steps after warm-up (compilation included there, and reported), synchronised only at
@@ -37,7 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.core.runtime import grad_scaler, resolve_precision  # noqa: E402
+from pipeline.core.runtime import grad_scaler, resolve_compile, resolve_precision  # noqa: E402
 from pipeline.gpt.model import GPT, GPTConfig, training_inputs  # noqa: E402
 from pipeline.gpt.step import train_step  # noqa: E402
 
@@ -87,11 +87,11 @@ def run_config(name: str, cfg: GPTConfig, tr: dict, device: torch.device, precis
                             fused=fused or None)  # fmt: skip
     scaler = grad_scaler(device, precision)
     net = model
-    graphs = name == "graphs"
-    if name in ("compiled", "stage"):
-        net = torch.compile(model)
-    elif graphs:
-        net = torch.compile(model, mode="reduce-overhead")
+    modes = {"compiled": "default", "graphs": "reduce-overhead", "stage": resolve_compile(tr["compile"], device)}
+    mode = modes.get(name)
+    if mode is not None:
+        net = torch.compile(model, mode=mode)
+    graphs = mode == "reduce-overhead" and device.type == "cuda"
     host = name == "host-eager"
     read_back = name in ("host-eager", "stage")
     tokens = torch.randint(0, cfg.k, (N_TRAIN, cfg.block_size), device="cpu" if host else device)

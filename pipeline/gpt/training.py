@@ -200,23 +200,22 @@ def train(
             )
 
         # Every sequence lives on the device: a step indexes there, with no host copy (or wait) per step.
-        dev = info.device
-        train_codes, train_labels = train_split.tokens.to(dev), train_split.labels.to(dev)
-        flipped = flipped.to(dev) if flipped is not None else None
+        train_codes, train_labels = train_split.tokens.to(info.device), train_split.labels.to(info.device)
+        flipped = flipped.to(info.device) if flipped is not None else None
         tokens_per_step = p.batch_size * cfg.block_size
         eta = Eta("train", total_steps - step, "steps", slow_minutes=30, slow_hint=slow_hint)
         train_time, epochs_here = 0.0, 0
         for epoch in range(start_epoch, p.epochs):
             torch.manual_seed(_seed(p.seed, epoch, 1 + info.rank))  # dropout RNG, per rank
             drop = torch.rand(len(train_split.tokens), generator=torch.Generator().manual_seed(_seed(p.seed, epoch, 0)))
-            drop = (drop < p.label_dropout).to(dev)  # per sequence, so it does not depend on the rank split
+            drop = (drop < p.label_dropout).to(info.device)  # per sequence, so it does not depend on the rank split
             codes_epoch = train_codes
             if flipped is not None:  # per sequence too: the image or its mirror, half and half
                 mirror = torch.rand(len(codes_epoch), generator=torch.Generator().manual_seed(_seed(p.seed, epoch, 2)))
-                codes_epoch = torch.where((mirror < 0.5).to(dev)[:, None], flipped, codes_epoch)
+                codes_epoch = torch.where((mirror < 0.5).to(info.device)[:, None], flipped, codes_epoch)
             model.train()
             loss_sum, t0 = torch.zeros((), device=info.device), time.perf_counter()
-            bar = tqdm(batches.epoch(epoch, dev), desc=f"epoch {epoch + 1}/{p.epochs}", disable=not info.main,
+            bar = tqdm(batches.epoch(epoch, info.device), desc=f"epoch {epoch + 1}/{p.epochs}", disable=not info.main,
                        leave=False)
             for i, idx in enumerate(bar):
                 lr = lr_at(step, total_steps, p.warmup_steps, p.lr, p.min_lr)
@@ -225,7 +224,7 @@ def train(
                 if graphs:  # a new iteration: CUDA-graph outputs of the previous one may be overwritten
                     torch.compiler.cudagraph_mark_step_begin()
                 codes = codes_epoch[idx]
-                prefix = torch.where(drop[idx], cfg.null_token, cfg.prefix(train_labels[idx], len(idx), dev))
+                prefix = torch.where(drop[idx], cfg.null_token, cfg.prefix(train_labels[idx], len(idx), info.device))
                 loss = train_step(net, model.parameters(), opt, scaler, training_inputs(codes, prefix), codes,
                                   precision, p.grad_clip)
                 step += 1
