@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PRESET ?= auto
 
-.PHONY: repro test venv
+.PHONY: repro test venv faiss-gpu
 
 venv: $(VENV)/.installed
 
@@ -26,3 +26,12 @@ repro: venv
 
 test: venv
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q
+
+# GPU FAISS (optional, on a machine with an NVIDIA GPU): swaps faiss-cpu in .venv for faiss-gpu, which brings
+# the CUDA 12 runtime wheels it needs (1.4 GB installed). The codebook stage then fits and assigns on the GPU
+# (codebook.device: auto); without a visible GPU the same build runs on the CPU. Run it again after any
+# change to requirements.txt (make venv re-installs faiss-cpu; both provide the `faiss` module).
+faiss-gpu: venv
+	$(BIN)/pip uninstall -y faiss-cpu
+	$(BIN)/pip install --force-reinstall --no-deps faiss-gpu==1.15.1
+	$(BIN)/pip install faiss-gpu==1.15.1

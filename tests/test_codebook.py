@@ -230,7 +230,7 @@ def test_too_few_vectors_for_k(workdir):
 
 @pytest.mark.skipif(cb.faiss.get_num_gpus() > 0, reason="this FAISS build has a GPU")
 def test_cuda_without_faiss_gpu_is_a_clear_error():
-    with pytest.raises(PipelineError, match="codebook.device = 'cuda'.*'auto' or 'cpu'"):
+    with pytest.raises(PipelineError, match="codebook.device = 'cuda'.*make faiss-gpu.*'auto' or 'cpu'"):
         cb.use_faiss_gpu("cuda")
     assert not cb.use_faiss_gpu("auto")
 

@@ -60,7 +60,7 @@ def use_faiss_gpu(device: str) -> bool:
     if device == "cuda" and n_gpus == 0:
         raise PipelineError(
             "codebook.device = 'cuda' but this FAISS build sees no GPU (faiss-cpu is installed, or no "
-            "CUDA device). Install faiss-gpu on a GPU machine, or set codebook.device to 'auto' or 'cpu'."
+            "CUDA device). On a GPU machine run `make faiss-gpu`, or set codebook.device to 'auto' or 'cpu'."
         )
     return device != "cpu" and n_gpus > 0
 
