@@ -39,7 +39,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import sha256_file
 from pipeline.core.plots import save_png, write_csv
 from pipeline.core.progress import Eta
-from pipeline.core.runtime import grad_scaler, resolve_compile, resolve_device, resolve_precision
+from pipeline.core.runtime import adamw, grad_scaler, resolve_compile, resolve_device, resolve_precision
 from pipeline.core.schedule import lr_at
 from pipeline.gpt.likelihood import bits_per_image, mean_nll, nll_metrics
 from pipeline.gpt.model import GPT, GPTConfig, save_gpt, training_inputs
@@ -157,8 +157,7 @@ def train(
         stack.enter_context(torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else []))
         torch.manual_seed(p.seed)  # identical initial weights on every rank
         model = GPT(cfg).to(info.device)
-        fused = True if info.device.type == "cuda" else None  # one kernel per update on a GPU
-        opt = torch.optim.AdamW(model.param_groups(p.weight_decay), lr=p.lr, betas=(p.beta1, p.beta2), fused=fused)
+        opt = adamw(model.param_groups(p.weight_decay), info.device, lr=p.lr, betas=(p.beta1, p.beta2))
         scaler = grad_scaler(info.device, precision)
         batches = EpochBatches(len(train_split.tokens), p, info)
         total_steps = batches.steps * p.epochs

@@ -36,7 +36,7 @@ from pipeline.core.hashing import sha256_file
 from pipeline.core.images import tile_rows, to_float_nchw
 from pipeline.core.plots import write_csv
 from pipeline.core.progress import Eta
-from pipeline.core.runtime import autocast, grad_scaler
+from pipeline.core.runtime import adamw, autocast, grad_scaler
 from pipeline.core.schedule import lr_at
 from pipeline.data import cifar10
 from pipeline.evaluation.reconstruction import psnr
@@ -210,7 +210,7 @@ def train_decoder(
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's RNG untouched
         torch.manual_seed(p.seed)
         model = InverseCNN(config, inputs.centroids).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    optimizer = adamw(model.parameters(), device, lr=p.lr, weight_decay=p.weight_decay)
     scaler = grad_scaler(device, precision)
     n = len(inputs.train_tokens)
     steps_per_epoch = math.ceil(n / p.batch_size)
