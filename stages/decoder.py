@@ -38,7 +38,7 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
     precision = resolve_precision(p.precision, device, "decoder.precision")
     extra = {"encoder": inputs.encoder, "layers": inputs.layers, "codebook_sha256": inputs.codebook_sha256}
     history, train_seconds = [], 0.0
-    if inputs.is_pixels:
+    if inputs.is_palette:
         save_palette_decoder(dt.palette_colours(inputs), DECODER_DIR, extra)
         # The checkpoint folder is a declared (persist) output: say why it holds no checkpoint.
         write_json(DECODER_CHECKPOINTS / "palette.json", {"kind": "palette", "note": "no training, no checkpoint"})

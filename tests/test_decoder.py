@@ -237,6 +237,20 @@ def test_palette_decoder_undoes_standardisation(tmp_path):
     assert np.array_equal(images[1, 2, 5], np.rint(expected[token] * 255).astype(np.uint8))
 
 
+def test_pixel_patches_train_the_cnn_not_a_palette(tmp_path):
+    # encoder pixels folded 4x4 -> 48 dims per token: a CNN decoder (with the identity "encoder" as its
+    # perceptual features), not a palette lookup, which only one colour per token allows.
+    paths = write_inputs(tmp_path, encoder="pixels", grid=8, dim=48, k=8, n_train=10, n_test=3)
+    with h5py.File(paths["features"], "a") as f:
+        f.attrs["pool"] = "unshuffle"
+    inputs = load(paths)
+    assert not inputs.is_palette and load(write_inputs(tmp_path / "p", encoder="pixels", grid=32, dim=3)).is_palette
+    feature_loss = dt.build_feature_loss(inputs, torch.device("cpu"))
+    result = dt.train_decoder(params(epochs=1, perceptual_weight=0.5), inputs, tmp_path / "ckpt", torch.device("cpu"),
+                              "fp32", "code", feature_loss)  # fmt: skip
+    assert result.history[0]["epoch"] == 1 and math.isfinite(result.history[0]["train_loss"])
+
+
 # --- input checks -----------------------------------------------------------------------------------
 
 

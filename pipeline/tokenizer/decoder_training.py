@@ -73,8 +73,10 @@ class DecoderInputs:
     input_hashes: dict[str, str]  # file -> sha256: a checkpoint from other inputs is not resumed
 
     @property
-    def is_pixels(self) -> bool:
-        return self.encoder == "pixels"
+    def is_palette(self) -> bool:
+        """One RGB colour per token (the classic demo): decoded by lookup, nothing to train. Pixel patches
+        (encoder `pixels` folded to a coarser grid, e.g. 4x4x3 = 48 dims) train the inverse CNN like features."""
+        return self.encoder == "pixels" and self.centroids.shape[1] == 3
 
 
 def load_inputs(tokens_path: Path, codebook_path: Path, features_path: Path, raw_path: Path) -> DecoderInputs:
