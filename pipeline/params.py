@@ -79,7 +79,18 @@ class CodebookParams(Section):
     # FAISS silently subsamples to this many points per centroid; set explicitly.
     max_points_per_centroid: int = Field(ge=1)
     init: Literal["random", "kmeans++"]  # FAISS centroid initialisation
+    # extract layer -> factor on its standardised features before k-means (unnamed layers: 1): a layer at w
+    # counts w^2 in the distance, so the codes spend more of themselves on it. Centroids are stored unweighted.
+    layer_weights: dict[str, float]
     device: Device
+
+    @field_validator("layer_weights")
+    @classmethod
+    def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        bad = {name: w for name, w in weights.items() if not w > 0}
+        if bad:
+            raise ValueError(f"weights must be > 0 (drop a layer from extract.layers instead), got {bad}")
+        return weights
 
 
 class DecoderParams(Section):
@@ -220,6 +231,16 @@ class Params(Section):
         if value is not None and not isinstance(value, dict):
             raise ValueError(f"expected a mapping of keys, got {type(value).__name__}")
         return value if value is not None else {}
+
+    @model_validator(mode="after")
+    def _weighted_layers_exist(self) -> Params:
+        unknown = sorted(set(self.codebook.layer_weights) - set(self.extract.layers))
+        if unknown:
+            raise ValueError(
+                f"codebook.layer_weights names {unknown}, which are not in extract.layers {self.extract.layers}; "
+                "weight only extracted layers"
+            )
+        return self
 
     @model_validator(mode="after")
     def _evaluator_is_independent(self) -> Params:

@@ -23,7 +23,7 @@ def codebook(params: Path = PARAMS_OPTION) -> None:
     from pipeline.core.errors import PipelineError
     from pipeline.core.plots import save_png, write_csv
     from pipeline.data.cifar10 import CLASSES
-    from pipeline.features.files import SPLITS, check_features
+    from pipeline.features.files import SPLITS, check_features, layer_slices
     from pipeline.params import load_params
     from pipeline.tokenizer import files as token_files, kmeans as cb
 
@@ -35,22 +35,27 @@ def codebook(params: Path = PARAMS_OPTION) -> None:
             "%s: %s features, %dx%d grid, %d dims, %s images",
             *(FEATURES, layout.encoder, layout.grid_h, layout.grid_w, layout.dim, layout.counts),
         )
+        slices = layer_slices(f, FEATURES)
+        scale = cb.channel_scale(p.layer_weights, slices, layout.dim)  # None: unweighted
         sample = cb.sample_vectors(f["train/features"], p.sample_size, p.seed)
         if not np.isfinite(sample).all():
             raise PipelineError(f"{FEATURES}: train/features contains NaN or inf; re-run the extract stage")
-        fit = cb.fit_kmeans(sample, p.k, p.niter, p.seed, p.max_points_per_centroid, gpu, p.init)
+        fit = cb.fit_kmeans(sample if scale is None else sample * scale, p.k, p.niter, p.seed,
+                            p.max_points_per_centroid, gpu, p.init)  # fmt: skip
         del sample
+        # stored in the feature space, what the decoder reads: the weights shape the partition only
+        centroids = fit.centroids if scale is None else fit.centroids / scale
         splits = tuple(layout.counts)  # train, val, test (+ train_flip)
-        assigned = {s: cb.assign(f[f"{s}/features"], fit.centroids, gpu, desc=f"assign {s}") for s in splits}
+        assigned = {s: cb.assign(f[f"{s}/features"], centroids, gpu, f"assign {s}", scale) for s in splits}
         labels = {s: f[f"{s}/labels"][:] for s in splits}
 
     described = dict(k=p.k, feature_dim=layout.dim, encoder=layout.encoder,
-                     codebook_sha256=token_files.centroids_sha256(fit.centroids))
+                     codebook_sha256=token_files.centroids_sha256(centroids))
     token_files.write_codebook(
         CODEBOOK,
-        fit.centroids,
+        centroids,
         dict(described, grid=layout.grid_h, niter=p.niter, seed=p.seed, init=p.init, n_fit=fit.n_fit)
-        | {"objective": fit.objective},
+        | {"objective": fit.objective, "layer_weights": p.layer_weights},
     )
     token_files.write_tokens(
         TOKENS,
@@ -64,6 +69,8 @@ def codebook(params: Path = PARAMS_OPTION) -> None:
         "feature_dim": layout.dim,
         "n_fit": fit.n_fit,
         **{f"rel_quant_error_{s}": assigned[s].relative_error for s in SPLITS},
+        # per extract layer, on test, unweighted: where the codes' error goes (README: tokenizer study)
+        **{f"rel_quant_error_test_{name}": assigned["test"].relative_error_of(ch) for name, ch in slices.items()},
         "perplexity": cb.perplexity(counts),
         "dead_codes": int((counts == 0).sum()),
         "fit_seconds": round(fit.seconds, 2),

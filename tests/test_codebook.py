@@ -33,8 +33,8 @@ def write_features(path: Path, train: np.ndarray, test: np.ndarray, encoder: str
             f[f"{split}/features"] = feats
             f[f"{split}/labels"] = (np.arange(len(feats)) % 10).astype(np.uint8)
         f.attrs.update(
-            dict(encoder=encoder, layers=["layer3"], grid=train.shape[1], input_size=32, pool="avg", standardized=False,
-                 weights_sha256="0" * 64, normalization="none"),  # fmt: skip
+            dict(encoder=encoder, layers=["layer3"], layer_channels=[train.shape[-1]], grid=train.shape[1], input_size=32,
+                 pool="avg", standardized=False, weights_sha256="0" * 64, normalization="none"),  # fmt: skip
         )
         f.attrs.update(attrs)
     return path
@@ -158,6 +158,49 @@ def test_sample_reads_h5_like_memory_and_draws_real_cells(tmp_path, monkeypatch)
     assert len(in_memory) == 200 and all(r.tobytes() in rows for r in in_memory)
     assert len({r.tobytes() for r in in_memory}) == 200  # without replacement
     np.testing.assert_array_equal(everything, x.astype(np.float32).reshape(-1, 5))
+
+
+def test_layer_weights_decide_which_layer_the_codes_keep(workdir, repo_params):
+    """Two 'layers' of 4 channels, each cell one of 4 blobs in each, independently: 4 codes can keep
+    one layer's blobs exactly, not both. The weighted layer is the one kept; centroids stay unweighted."""
+    root, write_params = workdir
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 4, (2, 60, 4, 4))  # (layer, image, row, col)
+    eye = np.eye(4, dtype=np.float32)
+    feats = np.concatenate([3.0 * eye[ids[0]], 1.0 * eye[ids[1]]], axis=-1)  # the first layer has more variance
+    feats = (feats + 1e-3 * rng.standard_normal(feats.shape)).astype(np.float16)
+    write_features(root / "data/features/features.h5", feats, feats[:20], layers=["a", "b"], layer_channels=[4, 4])
+    repo_params["extract"]["layers"] = ["a", "b"]
+    errors = {}
+    for weights in ({}, {"b": 20.0}):
+        codebook_stage(params=write_params(k=4, max_points_per_centroid=1000, layer_weights=weights))
+        metrics = json.loads((root / "metrics/codebook.json").read_text())
+        errors[str(weights)] = (metrics["rel_quant_error_test_a"], metrics["rel_quant_error_test_b"])
+        centroids = token_files.load_codebook(root / "data/tokens/codebook.safetensors")
+        kept = slice(0, 4) if not weights else slice(4, 8)
+        # each stored centroid is one blob of the kept layer, in the features' own units (3 or 1, not 20)
+        assert np.allclose(np.sort(centroids[:, kept].max(axis=1)), 3.0 if not weights else 1.0, atol=0.05)
+    assert errors["{}"][0] < 0.01 < 0.5 < errors["{}"][1]  # unweighted: the larger-variance layer wins
+    assert errors["{'b': 20.0}"][1] < 0.01 < 0.5 < errors["{'b': 20.0}"][0]
+
+
+def test_layer_weights_name_extracted_layers_and_are_positive(repo_params):
+    from pipeline.params import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match="layer_weights.*not in extract.layers"):
+        parse_params(repo_params | {"codebook": repo_params["codebook"] | {"layer_weights": {"layer9": 2.0}}})
+    with pytest.raises(ParamsError, match="layer_weights.*must be > 0"):
+        parse_params(repo_params | {"codebook": repo_params["codebook"] | {"layer_weights": {"stem": 0.0}}})
+
+
+def test_features_without_layer_channels_say_rerun_extract(workdir):
+    root, write_params = workdir
+    train, _ = blob_grids(40, 4, CENTERS, seed=1)
+    path = write_features(root / "data/features/features.h5", train, train[:10])
+    with h5py.File(path, "a") as f:
+        del f.attrs["layer_channels"]
+    with pytest.raises(PipelineError, match="no layer_channels.*re-run the extract stage"):
+        codebook_stage(params=write_params())
 
 
 def test_max_points_per_centroid_is_honoured():

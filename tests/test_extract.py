@@ -47,7 +47,7 @@ def test_features_h5_follows_the_contract(raw, tmp_path):
         assert a["encoder"] == "cifar_resnet20" and list(a["layers"]) == BASE["layers"]
         assert (a["grid"], a["input_size"], bool(a["standardized"])) == (8, 32, True)
         assert a["weights_sha256"] == "random-init" and "imagenet" in a["normalization"]
-        assert a["precision"] == "fp32" and a["channels"] == 112
+        assert a["precision"] == "fp32" and a["channels"] == 112 and list(a["layer_channels"]) == [16, 32, 64]
 
 
 def test_same_params_give_identical_bytes(raw, tmp_path):
@@ -99,6 +99,7 @@ def test_unshuffle_folds_each_cell_into_channels(raw, tmp_path):
     with extract(raw, tmp_path / "u.h5", encoder="pixels", layers=["rgb"], pool="unshuffle", standardize=False) as f:
         feats = f["train/features"][:]
         assert feats.shape == (N_TRAIN, 8, 8, 3 * 4 * 4) and f.attrs["pool"] == "unshuffle"
+        assert list(f.attrs["layer_channels"]) == [48]
         # cell (i, j) holds the 4x4 RGB patch at rows 4i.., cols 4j.., channel-major as pixel_unshuffle lays it out
         x = raw_images(raw)
         patch = x[:, 4:8, 8:12, :].astype(np.float32) / 255  # cell (1, 2)

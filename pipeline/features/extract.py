@@ -96,6 +96,13 @@ def to_grid(maps: dict[str, torch.Tensor], grid: int, pool: str = "avg") -> torc
     return torch.cat(cells, dim=1).permute(0, 2, 3, 1).contiguous()
 
 
+def layer_channels(encoder: Encoder, spec: GridSpec) -> list[int]:
+    """Channels each layer adds to a grid cell, in concatenation order (one blank image through the encoder)."""
+    with torch.no_grad():
+        maps = encoder(torch.zeros(1, 3, spec.input_size, spec.input_size), spec.layers)
+    return [int(to_grid({name: fmap}, spec.grid, spec.pool).shape[-1]) for name, fmap in maps.items()]
+
+
 def grid_features(encoder: Encoder, x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
     """float RGB [0, 1] (B, 3, H, W) -> (B, grid, grid, C): resize to input_size, encoder layers, to_grid."""
     if spec.input_size != x.shape[-1]:
@@ -220,7 +227,10 @@ def write_features(target: str | Path, encoder: Encoder, splits: dict, spec: Gri
                     f.create_dataset("stats/mean", data=mean)
                     f.create_dataset("stats/std", data=std)
         channels = int(f[f"{order[0]}/features"].shape[-1])
-        f.attrs.update(_attrs(encoder, spec, standardize, precision, device, channels_last, channels))
+        per_layer = layer_channels(encoder, spec)
+        if sum(per_layer) != channels:
+            raise PipelineError(f"extract: layers {list(spec.layers)} add up to {per_layer} channels, features have {channels}")
+        f.attrs.update(_attrs(encoder, spec, standardize, precision, device, channels_last, channels, per_layer))
     seconds = time.perf_counter() - run.t0
     return {"channels": channels, "images": run.total, "seconds": seconds, "images_per_s": run.total / seconds,
             "precision": precision}
@@ -273,7 +283,7 @@ class _SplitRun:
 
 
 def _attrs(encoder: Encoder, spec: GridSpec, standardize: bool, precision: str, device: torch.device,
-           channels_last: bool, channels: int) -> dict:
+           channels_last: bool, channels: int, per_layer: list[int]) -> dict:
     return {
         "encoder": encoder.name,
         "layers": np.array(spec.layers, dtype=h5py.string_dtype()),
@@ -285,6 +295,7 @@ def _attrs(encoder: Encoder, spec: GridSpec, standardize: bool, precision: str, 
         "pool": spec.pool,
         "pooling": f"{spec.pool} to grid (bilinear resize when a layer is smaller), concat on channels",
         "channels": channels,
+        "layer_channels": np.array(per_layer, dtype=np.int64),  # in the order of `layers`
         "precision": precision,
         "device_type": device.type,
         "channels_last": channels_last,

@@ -6,8 +6,9 @@ Layout:
     train_flip/features, train_flip/labels                 optional (extract.flip): the train images
                                                            mirrored left-right, in train's order
     stats/mean, stats/std  float32 (C,)                    only when standardized (fitted on train)
-    attrs: encoder, layers, grid, input_size, pool, standardized, weights_sha256, normalization, and
-           how the numbers were computed (precision, device type, conv-bn fusion, channels, torch version)
+    attrs: encoder, layers, layer_channels (each layer's share of C, in the order of layers), grid,
+           input_size, pool, standardized, weights_sha256, normalization, and how the numbers were
+           computed (precision, device type, conv-bn fusion, channels, torch version)
 """
 
 from __future__ import annotations
@@ -74,6 +75,16 @@ def check_features(f: h5py.File, path: str | Path) -> FeatureLayout:
     if grid is None or not (int(grid) == h == w):
         raise bad(f"attribute grid = {grid} does not match the feature grid {h} x {w}")
     return FeatureLayout(str(f.attrs["encoder"]), h, w, c, {s: n[0] for s, n in shapes.items()})
+
+
+def layer_slices(f: h5py.File, path: str | Path) -> dict[str, slice]:
+    """Each layer's channels in the concatenated feature vector, from the layers and layer_channels attributes."""
+    layers = [str(x) for x in np.atleast_1d(f.attrs["layers"])]
+    if "layer_channels" not in f.attrs:
+        raise PipelineError(f"{path}: no layer_channels attribute (made by an older extract); {rerun('extract')}")
+    counts = [int(n) for n in np.atleast_1d(f.attrs["layer_channels"])]
+    ends = np.cumsum(counts)
+    return {name: slice(int(end - n), int(end)) for name, n, end in zip(layers, counts, ends)}
 
 
 @dataclass(frozen=True)

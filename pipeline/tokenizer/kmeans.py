@@ -43,15 +43,37 @@ class KMeansResult:
 @dataclass(frozen=True)
 class Assignment:
     tokens: np.ndarray  # uint16 (N, H*W), raster order
-    sse: float  # sum over cells of squared distance to the assigned centroid
-    sst: float  # sum over cells of squared distance to the split's mean vector
+    channel_sse: np.ndarray  # float64 (C,): per channel, the sum over cells of the squared error to the centroid
+    channel_sst: np.ndarray  # float64 (C,): per channel, the sum over cells of the squared distance to the mean
     seconds: float
+
+    @property
+    def sse(self) -> float:
+        return float(self.channel_sse.sum())
 
     @property
     def relative_error(self) -> float:
         # Relative quantisation error = SSE / SST, i.e. the fraction of the features' variance that
         # the codebook leaves unexplained (0: perfect, 1: no better than the mean vector).
-        return self.sse / self.sst if self.sst > 0 else 0.0
+        return relative(self.sse, self.channel_sst.sum())
+
+    def relative_error_of(self, channels: slice) -> float:
+        """The same for a group of channels (one extract layer's), still in the unweighted feature space."""
+        return relative(self.channel_sse[channels].sum(), self.channel_sst[channels].sum())
+
+
+def relative(sse: float, sst: float) -> float:
+    return float(sse / sst) if sst > 0 else 0.0
+
+
+def channel_scale(layer_weights: dict[str, float], slices: dict[str, slice], dim: int) -> np.ndarray | None:
+    """float32 (C,) factors from codebook.layer_weights (unnamed layers 1); None when every factor is 1."""
+    if all(w == 1 for w in layer_weights.values()):
+        return None
+    scale = np.ones(dim, dtype=np.float32)
+    for name, weight in layer_weights.items():
+        scale[slices[name]] = weight
+    return scale
 
 
 def use_faiss_gpu(device: str) -> bool:
@@ -160,30 +182,35 @@ def fit_kmeans(
     return KMeansResult(np.ascontiguousarray(km.centroids, dtype=np.float32), objective, n_fit, seconds, gpu)
 
 
-def assign(features, centroids: np.ndarray, gpu: bool = False, desc: str = "") -> Assignment:
-    """Nearest centroid of every grid cell of an (N, H, W, C) array or h5 dataset, batch by batch."""
+def assign(features, centroids: np.ndarray, gpu: bool = False, desc: str = "",
+           scale: np.ndarray | None = None) -> Assignment:  # fmt: skip
+    """Nearest centroid of every grid cell of an (N, H, W, C) array or h5 dataset, batch by batch.
+
+    With `scale` (C,) the distances are those of the scaled features and centroids (codebook.layer_weights);
+    the errors are measured unscaled.
+    """
     n, h, w, c = features.shape
     k = len(centroids)
     if k > np.iinfo(np.uint16).max + 1:
         raise PipelineError(f"codebook: k = {k} codes do not fit uint16 tokens; use k <= 65536")
     index = _flat_index(c, gpu)
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    index.add(np.ascontiguousarray(centroids if scale is None else centroids * scale, dtype=np.float32))
     tokens = np.empty((n, h * w), dtype=np.uint16)
-    sse, sum_sq, sum_x, count = 0.0, 0.0, np.zeros(c), 0
+    sse, sum_sq, sum_x, count = np.zeros(c), np.zeros(c), np.zeros(c), 0
     t0 = time.perf_counter()
     for start, block in iter_batches(features, _images_per_batch(features), desc=desc):
         flat = block.reshape(-1, c)
-        _, nearest = index.search(flat, 1)
+        _, nearest = index.search(flat if scale is None else flat * scale, 1)
         nearest = nearest.ravel()
         tokens[start : start + len(block)] = nearest.reshape(len(block), h * w)
         # Exact residuals rather than FAISS's distances, which come from ||x||^2 - 2xc + ||c||^2 and
         # lose precision exactly when the error is near zero.
-        sse += float(np.square(flat - centroids[nearest], dtype=np.float64).sum())
-        sum_sq += float(np.square(flat, dtype=np.float64).sum())
+        sse += np.square(flat - centroids[nearest], dtype=np.float64).sum(axis=0)
+        sum_sq += np.square(flat, dtype=np.float64).sum(axis=0)
         sum_x += flat.sum(axis=0, dtype=np.float64)
         count += len(flat)
-    sst = sum_sq - float(sum_x @ sum_x) / max(count, 1)
-    return Assignment(tokens, sse, max(sst, 0.0), time.perf_counter() - t0)
+    sst = np.maximum(sum_sq - sum_x * sum_x / max(count, 1), 0.0)
+    return Assignment(tokens, sse, sst, time.perf_counter() - t0)
 
 
 def code_counts(tokens: np.ndarray, k: int) -> np.ndarray:
