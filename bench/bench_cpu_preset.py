@@ -137,7 +137,7 @@ def bench_decoder(p: Params, precision: str, steps: int) -> dict:
     scaler, loss_fn = grad_scaler(CPU, precision), dt.training_loss(d, feature_loss)
     tokens = torch.from_numpy(inputs.train_tokens[: d.batch_size].astype(np.int64))
     target = to_float_nchw(inputs.train_images[: d.batch_size], CPU)
-    step_s = best_seconds(lambda: dt.training_step(model, optimizer, scaler, tokens, target, loss_fn, precision), steps)
+    step_s = best_seconds(lambda: dt.training_step(model, optimizer, scaler, model.embed(tokens), target, loss_fn, precision), steps)
     decoder = TokenDecoder("cnn", grid, k, model=model)
     decode_s = best_seconds(lambda: decoder.decode(inputs.val_tokens[:1000], d.batch_size, CPU, precision), 2, 1)
     total_steps = math.ceil(split_sizes(p)["train"] / d.batch_size) * d.epochs

@@ -153,11 +153,14 @@ class GridFeatures(nn.Module):
         return grid_features(self.encoder, images, self.spec).permute(0, 3, 1, 2)
 
 
+def feature_loss(encoder: str, layers: list[str], grid: int, attrs: dict, mean, std, device: torch.device) -> FeatureLoss:
+    """The perceptual loss through the encoder, layers, grid, input size, pooling and stats that made features.h5."""
+    spec = GridSpec(tuple(layers), grid, int(attrs["input_size"]), str(attrs["pool"]))
+    return FeatureLoss(GridFeatures(build_encoder(encoder), spec), mean, std).to(device)
+
+
 def build_feature_loss(inputs: DecoderInputs, device: torch.device) -> FeatureLoss:
-    attrs = inputs.feature_attrs
-    spec = GridSpec(tuple(inputs.layers), inputs.grid, int(attrs["input_size"]), str(attrs["pool"]))
-    features = GridFeatures(build_encoder(inputs.encoder), spec)
-    return FeatureLoss(features, inputs.mean, inputs.std).to(device)
+    return feature_loss(inputs.encoder, inputs.layers, inputs.grid, inputs.feature_attrs, inputs.mean, inputs.std, device)
 
 
 @dataclass
@@ -180,10 +183,11 @@ def training_loss(p: DecoderParams, feature_loss: nn.Module | None) -> Callable:
 
 
 def training_step(model: InverseCNN, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                  tokens: torch.Tensor, target: torch.Tensor, loss_fn: Callable, precision: str) -> torch.Tensor:
-    """One update on a batch of token grids and their original images (float NCHW); the detached loss."""
+                  grid: torch.Tensor, target: torch.Tensor, loss_fn: Callable, precision: str) -> torch.Tensor:
+    """One update on a batch of input grids (N, C, g, g) and their original images (float NCHW); the detached
+    loss. The stage's grids are centroids (`model.embed(tokens)`); bench_tokenizer_ceiling's are the features."""
     with autocast(target.device, precision):
-        loss = loss_fn(model(model.embed(tokens)).float(), target)
+        loss = loss_fn(model(grid).float(), target)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -250,8 +254,8 @@ def train_decoder(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[i * p.batch_size : (i + 1) * p.batch_size]
-            loss = training_step(model, optimizer, scaler, tokens[idx], to_float_nchw(images[idx], device), loss_fn,
-                                 precision)
+            loss = training_step(model, optimizer, scaler, model.embed(tokens[idx]), to_float_nchw(images[idx], device),
+                                 loss_fn, precision)  # fmt: skip
             step += 1
             loss_sum += loss.double() * len(idx)
             if i % POSTFIX_EVERY == 0:
