@@ -99,7 +99,7 @@ def to_grid(maps: dict[str, torch.Tensor], grid: int, pool: str = "avg") -> torc
 def layer_channels(encoder: Encoder, spec: GridSpec) -> list[int]:
     """Channels each layer adds to a grid cell, in concatenation order (one blank image through the encoder)."""
     with torch.no_grad():
-        maps = encoder(torch.zeros(1, 3, spec.input_size, spec.input_size), spec.layers)
+        maps = encoder(torch.zeros(1, 3, spec.input_size, spec.input_size, device=encoder.mean.device), spec.layers)
     return [int(to_grid({name: fmap}, spec.grid, spec.pool).shape[-1]) for name, fmap in maps.items()]
 
 
