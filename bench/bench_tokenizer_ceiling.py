@@ -72,7 +72,7 @@ def main() -> None:
     t0, step = time.perf_counter(), 0
     for epoch in range(p.epochs):
         model.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(p.seed * 100_003 + epoch)).numpy()
+        order = dt.epoch_order(n, p.seed, epoch).numpy()
         for i in tqdm(range(steps), desc=f"features -> images, epoch {epoch + 1}/{p.epochs}", unit="batch"):
             for group in optimizer.param_groups:
                 group["lr"] = p.lr * lr_at(step, steps * p.epochs, p.warmup_steps, 1.0, 0.0)

@@ -182,6 +182,11 @@ def training_loss(p: DecoderParams, feature_loss: nn.Module | None) -> Callable:
     return lambda out, target: pixel_loss(out, target) + p.perceptual_weight * feature_loss(out, target)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The decoder's batch order in epoch `epoch`: a permutation of n seeded by (seed, epoch), so resuming repeats it."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
 def training_step(model: InverseCNN, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                   grid: torch.Tensor, target: torch.Tensor, loss_fn: Callable, precision: str) -> torch.Tensor:
     """One update on a batch of input grids (N, C, g, g) and their original images (float NCHW); the detached
@@ -246,7 +251,7 @@ def train_decoder(
     for epoch in range(start_epoch, p.epochs):
         t0 = time.perf_counter()
         model.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(p.seed * 100_003 + epoch)).to(device)
+        order = epoch_order(n, p.seed, epoch).to(device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         bar = tqdm(range(steps_per_epoch), desc=f"decoder epoch {epoch + 1}/{p.epochs}", unit="batch", leave=False)
         for i in bar:
