@@ -116,3 +116,17 @@ def test_decoder_from_other_tokenizer_is_a_clear_error(tmp_path):
     decoder = load_token_decoder(write_world(tmp_path) / DECODER_DIR)
     with pytest.raises(PipelineError, match="does not decode the codes"):
         sampling.check_decoder(model.cfg, decoder, "gpt", "decoder")
+
+
+def test_token_grids_read_back_from_samples_h5_and_npz(tmp_path, monkeypatch):
+    out = run_sample(write_world(tmp_path), monkeypatch)
+    tokens, labels = sampling.read_token_grids(tmp_path / SAMPLES)
+    assert np.array_equal(tokens, out["tokens"]) and np.array_equal(labels, out["labels"])
+    np.savez(tmp_path / "run.npz", tokens=out["tokens"], labels=out["labels"])  # what a lent GPU writes
+    tokens, labels = sampling.read_token_grids(tmp_path / "run.npz")
+    assert np.array_equal(tokens, out["tokens"]) and np.array_equal(labels, out["labels"])
+    np.savez(tmp_path / "unlabelled.npz", tokens=out["tokens"])
+    assert sampling.read_token_grids(tmp_path / "unlabelled.npz")[1] is None
+    uncond = run_sample(write_world(tmp_path / "u", conditional=False, sample={"n_per_class": 2}), monkeypatch)
+    tokens, labels = sampling.read_token_grids(tmp_path / "u" / SAMPLES)
+    assert np.array_equal(tokens, uncond["tokens"]) and labels is None

@@ -1,9 +1,9 @@
 """One row of samples per run, to compare studies by eye: PNG with the run names on the left.
 
-    python tools/sample_rows.py RUN.npz [RUN.npz ...] --png docs/study_samples.png [--per-class 1]
+    python tools/sample_rows.py RUN.npz|samples.h5 [...] --png docs/study_samples.png [--per-class 1]
 
-Each .npz holds `tokens` and `labels` as tools/score_samples.py reads them; a row shows the first
-`--per-class` samples of every class, in class order, decoded by this checkout's decoder
+Each run is read as tools/score_samples.py reads it; a row shows the first `--per-class` samples of every
+class, in class order (unconditional runs: the first samples), decoded by this checkout's decoder
 (data/models/decoder). Every run's samples come from the same sample.seed, so rows differ by the model only.
 """
 
@@ -19,9 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from pipeline.core.images import tile_rows  # noqa: E402
 from pipeline.core.plots import save_png  # noqa: E402
-from pipeline.gpt.sampling import GAP, grid_rows  # noqa: E402
+from pipeline.gpt.sampling import GAP, grid_rows, read_token_grids  # noqa: E402
 from pipeline.tokenizer.decoding import load_token_decoder  # noqa: E402
 from stages.paths import DECODER_DIR  # noqa: E402
+from tools.score_samples import run_label  # noqa: E402
 
 N_CLASSES = 10
 
@@ -35,19 +36,20 @@ def main() -> None:
     from matplotlib.figure import Figure
 
     decoder = load_token_decoder(DECODER_DIR)
-    rows = []
+    rows, columns = [], N_CLASSES * args.per_class
     for run in args.runs:
-        with np.load(run, allow_pickle=False) as f:
-            tokens, labels = f["tokens"], f["labels"]
-        picked = np.concatenate(grid_rows(labels, True, N_CLASSES, args.per_class))
+        tokens, labels = read_token_grids(run)
+        if labels is None:  # unconditional: the first samples
+            picked = np.arange(min(len(tokens), columns))
+        else:
+            picked = np.concatenate(grid_rows(labels, True, N_CLASSES, args.per_class))
         rows.append(decoder.decode(tokens[picked]))
-    columns = N_CLASSES * args.per_class
     image = tile_rows(rows, columns, GAP)
     fig = Figure(figsize=(image.shape[1] / 50 + 2, image.shape[0] / 50))
     ax = fig.add_subplot()
     ax.imshow(image, interpolation="nearest")
     tile = rows[0].shape[1] + GAP
-    ax.set_yticks([GAP + r * tile + tile / 2 for r in range(len(rows))], [run.stem for run in args.runs])
+    ax.set_yticks([GAP + r * tile + tile / 2 for r in range(len(rows))], [run_label(run) for run in args.runs])
     ax.set_xticks([])
     for side in ax.spines.values():
         side.set_visible(False)

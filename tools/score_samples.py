@@ -1,9 +1,9 @@
 """Score token grids generated elsewhere (another machine, a study) the way the evaluate stage scores samples.
 
-    python tools/score_samples.py RUN.npz [RUN.npz ...] [--out scores.json] [--params params.yaml]
+    python tools/score_samples.py RUN.npz|samples.h5 [...] [--out scores.json] [--params params.yaml]
 
-Each .npz holds `tokens` (uint16 (N, H*W)) and `labels` (uint8 (N,), conditional samples) written by
-`pipeline.gpt.sampling.sample_tokens`. They are decoded by this checkout's decoder (data/models/decoder)
+Each run is a sample stage's samples.h5 or an .npz holding `tokens` (uint16 (N, H*W)) and `labels` (uint8
+(N,), conditional samples) from `pipeline.gpt.sampling.sample_tokens`. They are decoded by this checkout's decoder (data/models/decoder)
 and scored with pipeline/evaluation/distribution.py against this checkout's reference stage output and
 raw images, with the evaluate section of params.yaml (evaluator, n_samples: the first
 min(n_samples, N) of a seeded draw, seed): Inception FID/KID vs the train statistics next to the floor, class
@@ -28,14 +28,20 @@ from pipeline.data import cifar10  # noqa: E402
 from pipeline.evaluation.classifier import load_evaluator  # noqa: E402
 from pipeline.evaluation.distribution import sample_quality  # noqa: E402
 from pipeline.evaluation.reference import description, read_reference  # noqa: E402
+from pipeline.gpt.sampling import read_token_grids  # noqa: E402
 from pipeline.params import DEFAULT_PARAMS, load_params  # noqa: E402
 from pipeline.tokenizer.decoding import load_token_decoder  # noqa: E402
 from stages.paths import DECODER_DIR, RAW, REFERENCE  # noqa: E402
 
 
+def run_label(run: Path) -> str:
+    """A run's name: the file's stem, or its folder's name for a sample stage's samples.h5."""
+    return run.parent.name if run.name == "samples.h5" else run.stem
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", type=Path, help=".npz files with tokens and labels")
+    ap.add_argument("runs", nargs="+", type=Path, help="samples.h5 or .npz files with tokens and labels")
     ap.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     ap.add_argument("--out", type=Path, help="write every run's scores here as JSON")
     args = ap.parse_args()
@@ -45,8 +51,7 @@ def main() -> None:
     raw_train, raw_test = cifar10.read_split(RAW, "train"), cifar10.read_split(RAW, "test")
     scores = {}
     for run in args.runs:
-        with np.load(run, allow_pickle=False) as f:
-            tokens, labels = f["tokens"], f["labels"] if "labels" in f else None
+        tokens, labels = read_token_grids(run)
         images = decoder.decode(tokens, p.batch_size, device)
         n = min(p.n_samples, len(images))
         quality, _ = sample_quality(
@@ -54,10 +59,10 @@ def main() -> None:
             evaluator_name=p.evaluator, n=n, batch_size=p.batch_size, kid_subset_size=p.kid_subset_size,
             device=device, seed=p.seed,
         )  # fmt: skip
-        scores[run.stem] = {**quality, "inception": description(ref, n, "train"), "evaluator": p.evaluator}
+        scores[run_label(run)] = {**quality, "inception": description(ref, n, "train"), "evaluator": p.evaluator}
         s, floor = quality["samples"], quality["floor_test_images"]
         agreement = "n/a" if s["class_agreement"] is None else f"{100 * s['class_agreement']:.1f} %"
-        print(f"{run.stem}: {n} samples, Inception FID {s['fid_inception']:.2f} (floor {floor['fid_inception']:.2f} "
+        print(f"{run_label(run)}: {n} samples, Inception FID {s['fid_inception']:.2f} (floor {floor['fid_inception']:.2f} "
               f"at {floor['n']}), KID {s['kid_inception_mean']:.4f}, class agreement {agreement}", flush=True)  # fmt: skip
     if args.out:
         write_json(args.out, scores)
