@@ -128,3 +128,26 @@ def test_cpu_preset_differences_name_the_keys_that_leave_the_preset():
     assert cpu_preset_differences("train", preset.train) == []
     assert cpu_preset_differences("train", preset.train.model_copy(update={"epochs": 3})) == ["train.epochs"]
     assert "decoder.channels" in cpu_preset_differences("decoder", parse_params(raw).decoder)
+
+
+def test_readme_attention_study_runs_are_valid_params(tmp_path):
+    """Each run of the README's attention study (the CPU preset, then `P`, then one variant's overrides: what
+    `dvc exp run --queue $P -S $v` writes to params.yaml) passes validation, and `P` sets the study's size."""
+    import re
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    study = text[text.index('P="$(grep'): text.index("dvc queue start")]
+    p_words = shlex.split(study[study.index("-S") : study.index('"\n')].replace("\\\n", " "))
+    variants = re.findall(r'"(train\.[^"]+)"', study) + ["train.seed=1", "train.attention=axial -S train.seed=1"]
+    assert len(variants) >= 13 and "train.pos_emb=1d" in variants
+    raw = apply_overrides(yaml.safe_load((REPO / "params.yaml").read_text()), REPO / CPU_PRESET)
+    for v in variants:
+        args = tmp_path / "run.args"
+        args.write_text(shlex.join(p_words + ["-S", *v.split()]))
+        p = parse_params(apply_overrides(raw, args))
+        for override in v.split(" -S "):  # the variant's own values won over P's
+            key, value = override.split("=")
+            assert getattr(p.train, key.removeprefix("train.")) == yaml.safe_load(value), v
+        if "n_layer" not in v:
+            assert (p.train.n_layer, p.train.n_embd, p.train.epochs, p.evaluate.n_samples) == (4, 128, 15, 1000), v
