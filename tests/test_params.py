@@ -1,3 +1,5 @@
+import re
+import shlex
 from pathlib import Path
 
 from typing import get_args, get_type_hints
@@ -133,9 +135,6 @@ def test_cpu_preset_differences_name_the_keys_that_leave_the_preset():
 def test_readme_attention_study_runs_are_valid_params(tmp_path):
     """Each run of the README's attention study (the CPU preset, then `P`, then one variant's overrides: what
     `dvc exp run --queue $P -S $v` writes to params.yaml) passes validation, and `P` sets the study's size."""
-    import re
-    import shlex
-
     text = (REPO / "README.md").read_text()
     study = text[text.index('P="$(grep'): text.index("dvc queue start")]
     p_words = shlex.split(study[study.index("-S") : study.index('"\n')].replace("\\\n", " "))

@@ -130,3 +130,5 @@ def test_token_grids_read_back_from_samples_h5_and_npz(tmp_path, monkeypatch):
     uncond = run_sample(write_world(tmp_path / "u", conditional=False, sample={"n_per_class": 2}), monkeypatch)
     tokens, labels = sampling.read_token_grids(tmp_path / "u" / SAMPLES)
     assert np.array_equal(tokens, uncond["tokens"]) and labels is None
+    assert sampling.sample_set_name(tmp_path / "u" / SAMPLES) == "samples"  # a sample stage's folder
+    assert sampling.sample_set_name(tmp_path / "run.npz") == "run"

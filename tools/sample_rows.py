@@ -19,10 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from pipeline.core.images import tile_rows  # noqa: E402
 from pipeline.core.plots import save_png  # noqa: E402
-from pipeline.gpt.sampling import GAP, grid_rows, read_token_grids  # noqa: E402
+from pipeline.gpt.sampling import GAP, grid_rows, read_token_grids, sample_set_name  # noqa: E402
 from pipeline.tokenizer.decoding import load_token_decoder  # noqa: E402
 from stages.paths import DECODER_DIR  # noqa: E402
-from tools.score_samples import run_label  # noqa: E402
 
 N_CLASSES = 10
 
@@ -49,7 +48,7 @@ def main() -> None:
     ax = fig.add_subplot()
     ax.imshow(image, interpolation="nearest")
     tile = rows[0].shape[1] + GAP
-    ax.set_yticks([GAP + r * tile + tile / 2 for r in range(len(rows))], [run_label(run) for run in args.runs])
+    ax.set_yticks([GAP + r * tile + tile / 2 for r in range(len(rows))], [sample_set_name(run) for run in args.runs])
     ax.set_xticks([])
     for side in ax.spines.values():
         side.set_visible(False)

@@ -18,8 +18,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the project root
 
 from pipeline.core.atomic import write_json  # noqa: E402
@@ -28,15 +26,10 @@ from pipeline.data import cifar10  # noqa: E402
 from pipeline.evaluation.classifier import load_evaluator  # noqa: E402
 from pipeline.evaluation.distribution import sample_quality  # noqa: E402
 from pipeline.evaluation.reference import description, read_reference  # noqa: E402
-from pipeline.gpt.sampling import read_token_grids  # noqa: E402
+from pipeline.gpt.sampling import read_token_grids, sample_set_name  # noqa: E402
 from pipeline.params import DEFAULT_PARAMS, load_params  # noqa: E402
 from pipeline.tokenizer.decoding import load_token_decoder  # noqa: E402
 from stages.paths import DECODER_DIR, RAW, REFERENCE  # noqa: E402
-
-
-def run_label(run: Path) -> str:
-    """A run's name: the file's stem, or its folder's name for a sample stage's samples.h5."""
-    return run.parent.name if run.name == "samples.h5" else run.stem
 
 
 def main() -> None:
@@ -51,7 +44,7 @@ def main() -> None:
     raw_train, raw_test = cifar10.read_split(RAW, "train"), cifar10.read_split(RAW, "test")
     scores = {}
     for run in args.runs:
-        tokens, labels = read_token_grids(run)
+        name, (tokens, labels) = sample_set_name(run), read_token_grids(run)
         images = decoder.decode(tokens, p.batch_size, device)
         n = min(p.n_samples, len(images))
         quality, _ = sample_quality(
@@ -59,10 +52,10 @@ def main() -> None:
             evaluator_name=p.evaluator, n=n, batch_size=p.batch_size, kid_subset_size=p.kid_subset_size,
             device=device, seed=p.seed,
         )  # fmt: skip
-        scores[run_label(run)] = {**quality, "inception": description(ref, n, "train"), "evaluator": p.evaluator}
+        scores[name] = {**quality, "inception": description(ref, n, "train"), "evaluator": p.evaluator}
         s, floor = quality["samples"], quality["floor_test_images"]
         agreement = "n/a" if s["class_agreement"] is None else f"{100 * s['class_agreement']:.1f} %"
-        print(f"{run_label(run)}: {n} samples, Inception FID {s['fid_inception']:.2f} (floor {floor['fid_inception']:.2f} "
+        print(f"{name}: {n} samples, Inception FID {s['fid_inception']:.2f} (floor {floor['fid_inception']:.2f} "
               f"at {floor['n']}), KID {s['kid_inception_mean']:.4f}, class agreement {agreement}", flush=True)  # fmt: skip
     if args.out:
         write_json(args.out, scores)

@@ -114,7 +114,6 @@ def read_samples(path: str | Path) -> Samples:
     return Samples(tokens, labels, images, bool(attrs["conditional"]), classes, attrs)
 
 
-
 def read_token_grids(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Generated token grids and their class labels (None: unconditional), from the sample stage's samples.h5
     or from an .npz with `tokens` and `labels` (samples drawn on another machine, e.g. a lent GPU)."""
@@ -124,6 +123,13 @@ def read_token_grids(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         return samples.tokens, samples.labels if samples.conditional else None
     with np.load(path, allow_pickle=False) as f:
         return f["tokens"], f["labels"] if "labels" in f else None
+
+
+def sample_set_name(path: str | Path) -> str:
+    """A sample set's name in tables and figures: an .npz's stem, or the folder of a sample stage's samples.h5."""
+    path = Path(path)
+    return path.parent.name if path.suffix == ".h5" else path.stem
+
 
 # ---- the sample grid: one row per class (conditional) or 10 rows of samples (unconditional) ----
 
