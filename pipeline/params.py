@@ -103,6 +103,8 @@ class DecoderParams(Section):
     weight_decay: float = Field(ge=0)
     pixel_loss: Literal["l1", "mse"]
     perceptual_weight: float = Field(ge=0)
+    # fraction of training cells whose token is swapped for a random code: robustness to a GPT's wrong codes
+    token_noise: float = Field(ge=0, lt=1)
     seed: int = Field(ge=0)
     precision: Precision
     device: Device

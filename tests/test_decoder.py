@@ -23,7 +23,7 @@ from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder, save_c
 
 SMALL = dict(
     channels=8, res_blocks=1, epochs=2, batch_size=8, lr=0.003, warmup_steps=2, weight_decay=0.0,
-    pixel_loss="l1", perceptual_weight=0.0, seed=0, precision="fp32", device="cpu",
+    pixel_loss="l1", perceptual_weight=0.0, token_noise=0.0, seed=0, precision="fp32", device="cpu",
 )  # fmt: skip
 
 
@@ -151,9 +151,10 @@ def test_learning_rate_follows_warmup_then_cosine(tmp_path, monkeypatch):
     assert seen == pytest.approx([p.lr * lr_at(s, steps, p.warmup_steps, 1.0, 0.0) for s in range(steps)], rel=1e-12)
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("token_noise", [0.0, 0.3])
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, token_noise):
     inputs = load(write_inputs(tmp_path))
-    p = params(epochs=2)
+    p = params(epochs=2, token_noise=token_noise)
     full = train(p, inputs, tmp_path / "full")
 
     class Killed(Exception):
@@ -175,6 +176,27 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     # A checkpoint made with other params is not resumed: training starts over (same as from scratch).
     other = train(params(epochs=1, lr=0.001), inputs, tmp_path / "resumed")
     assert len(other.history) == 1
+
+
+def test_token_noise_swaps_the_asked_fraction_of_codes_reproducibly():
+    tokens = torch.arange(20_000).remainder(512).view(100, 200)
+    assert dt.perturb_tokens(tokens, 0.0, 512, seed=0, step=3) is tokens
+    noisy = dt.perturb_tokens(tokens, 0.25, 512, seed=0, step=3)
+    assert noisy.dtype == tokens.dtype and noisy.shape == tokens.shape
+    assert 0 <= int(noisy.min()) and int(noisy.max()) < 512
+    # a swapped cell keeps its code with probability 1/512: the changed fraction is 0.25 * 511/512, +- sampling
+    assert abs((noisy != tokens).float().mean().item() - 0.25 * 511 / 512) < 0.01
+    assert torch.equal(noisy, dt.perturb_tokens(tokens, 0.25, 512, seed=0, step=3))  # same (seed, step): same noise
+    assert not torch.equal(noisy, dt.perturb_tokens(tokens, 0.25, 512, seed=0, step=4))
+    assert not torch.equal(noisy, dt.perturb_tokens(tokens, 0.25, 512, seed=1, step=3))
+
+
+def test_token_noise_changes_training_and_leaves_the_inputs_alone(tmp_path):
+    inputs = load(write_inputs(tmp_path))
+    train_tokens, val_tokens = inputs.train_tokens.copy(), inputs.val_tokens.copy()
+    clean, noisy = train(params(), inputs, tmp_path / "clean"), train(params(token_noise=0.3), inputs, tmp_path / "noisy")
+    assert clean.history[0]["train_loss"] != noisy.history[0]["train_loss"]
+    assert np.array_equal(inputs.train_tokens, train_tokens) and np.array_equal(inputs.val_tokens, val_tokens)
 
 
 def test_finished_checkpoint_of_other_code_is_not_reused(tmp_path):

@@ -3,7 +3,8 @@
 Inputs: tokens.h5 (train/test token grids), the codebook centroids, features.h5 (which
 encoder/layers/grid made the tokens, and the standardisation stats) and the raw images. The decoder
 sees each token replaced by its centroid - exactly what a GPT sample yields - and learns to output
-the original image.
+the original image. With decoder.token_noise, a fraction of each training grid's codes is first swapped
+for random ones (validation is always on the true codes).
 
 Loss: pixel L1/MSE + perceptual_weight x MSE between the frozen encoder's standardised features of
 the reconstruction and of the original (the same encoder, layers, grid and stats as extract).
@@ -187,6 +188,17 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
+def perturb_tokens(tokens: torch.Tensor, fraction: float, k: int, seed: int, step: int) -> torch.Tensor:
+    """`tokens` with each cell, with probability `fraction`, swapped for a code drawn uniformly from 0..k-1
+    (decoder.token_noise): a decoder trained on such grids learns not to trust every code, as a GPT sample
+    has wrong ones. Drawn from a generator seeded by (seed, step), so a resumed run draws the same noise."""
+    if fraction == 0:
+        return tokens
+    g = torch.Generator(device=tokens.device).manual_seed(seed * 1_000_003 + step)
+    swap = torch.rand(tokens.shape, generator=g, device=tokens.device) < fraction
+    return torch.where(swap, torch.randint(0, k, tokens.shape, generator=g, device=tokens.device), tokens)
+
+
 def training_step(model: InverseCNN, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                   grid: torch.Tensor, target: torch.Tensor, loss_fn: Callable, precision: str) -> torch.Tensor:
     """One update on a batch of input grids (N, C, g, g) and their original images (float NCHW); the detached
@@ -259,8 +271,8 @@ def train_decoder(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[i * p.batch_size : (i + 1) * p.batch_size]
-            loss = training_step(model, optimizer, scaler, model.embed(tokens[idx]), to_float_nchw(images[idx], device),
-                                 loss_fn, precision)  # fmt: skip
+            grid = model.embed(perturb_tokens(tokens[idx], p.token_noise, config.k, p.seed, step))
+            loss = training_step(model, optimizer, scaler, grid, to_float_nchw(images[idx], device), loss_fn, precision)
             step += 1
             loss_sum += loss.double() * len(idx)
             if i % POSTFIX_EVERY == 0:
