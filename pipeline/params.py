@@ -82,6 +82,10 @@ class CodebookParams(Section):
     # extract layer -> factor on its standardised features before k-means (unnamed layers: 1): a layer at w
     # counts w^2 in the distance, so the codes spend more of themselves on it. Centroids are stored unweighted.
     layer_weights: dict[str, float]
+    # k-means on the first pca_dims principal components of the (weighted) features (null: all dims, no PCA);
+    # whiten: each component scaled to unit variance first (k-means in the Mahalanobis metric)
+    pca_dims: int | None = Field(ge=1)
+    whiten: bool
     device: Device
 
     @field_validator("layer_weights")

@@ -36,17 +36,17 @@ def codebook(params: Path = PARAMS_OPTION) -> None:
             *(FEATURES, layout.encoder, layout.grid_h, layout.grid_w, layout.dim, layout.counts),
         )
         slices = layer_slices(f, FEATURES)
-        scale = cb.channel_scale(p.layer_weights, slices, layout.dim)  # None: unweighted
         sample = cb.sample_vectors(f["train/features"], p.sample_size, p.seed)
         if not np.isfinite(sample).all():
             raise PipelineError(f"{FEATURES}: train/features contains NaN or inf; re-run the extract stage")
-        fit = cb.fit_kmeans(sample if scale is None else sample * scale, p.k, p.niter, p.seed,
-                            p.max_points_per_centroid, gpu, p.init)  # fmt: skip
+        scale = cb.channel_scale(p.layer_weights, slices, layout.dim)  # None: unweighted
+        space = cb.search_space(sample, scale, p.pca_dims, p.whiten)
+        fit = cb.fit_kmeans(space(sample), p.k, p.niter, p.seed, p.max_points_per_centroid, gpu, p.init)
+        # stored in the feature space, what the decoder reads: weights and PCA shape the partition only
+        centroids = cb.feature_centroids(sample, fit.centroids, space, gpu)
         del sample
-        # stored in the feature space, what the decoder reads: the weights shape the partition only
-        centroids = fit.centroids if scale is None else fit.centroids / scale
         splits = tuple(layout.counts)  # train, val, test (+ train_flip)
-        assigned = {s: cb.assign(f[f"{s}/features"], centroids, gpu, f"assign {s}", scale) for s in splits}
+        assigned = {s: cb.assign(f[f"{s}/features"], centroids, gpu, f"assign {s}", space) for s in splits}
         labels = {s: f[f"{s}/labels"][:] for s in splits}
 
     described = dict(k=p.k, feature_dim=layout.dim, encoder=layout.encoder,
@@ -55,7 +55,7 @@ def codebook(params: Path = PARAMS_OPTION) -> None:
         CODEBOOK,
         centroids,
         dict(described, grid=layout.grid_h, niter=p.niter, seed=p.seed, init=p.init, n_fit=fit.n_fit)
-        | {"objective": fit.objective, "layer_weights": p.layer_weights},
+        | {"objective": fit.objective, "layer_weights": p.layer_weights, "pca_dims": p.pca_dims, "whiten": p.whiten},
     )
     token_files.write_tokens(
         TOKENS,
@@ -71,6 +71,7 @@ def codebook(params: Path = PARAMS_OPTION) -> None:
         **{f"rel_quant_error_{s}": assigned[s].relative_error for s in SPLITS},
         # per extract layer, on test, unweighted: where the codes' error goes (README: tokenizer study)
         **{f"rel_quant_error_test_{name}": assigned["test"].relative_error_of(ch) for name, ch in slices.items()},
+        "pca_variance_kept": space.variance_kept,
         "perplexity": cb.perplexity(counts),
         "dead_codes": int((counts == 0).sum()),
         "fit_seconds": round(fit.seconds, 2),

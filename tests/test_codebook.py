@@ -184,6 +184,58 @@ def test_layer_weights_decide_which_layer_the_codes_keep(workdir, repo_params):
     assert errors["{'b': 20.0}"][1] < 0.01 < 0.5 < errors["{'b': 20.0}"][0]
 
 
+def _two_layer_features(rng: np.random.Generator, n_images: int = 60) -> np.ndarray:
+    """Layer a: 1 channel of wide Gaussian noise (no clusters); layer b: 3 narrow channels, each cell at one
+    of 4 corners of a tetrahedron of edge ~0.3. Plain k-means with 4 codes cuts the wide layer; whitened, the
+    corners win."""
+    wide = 10 * rng.standard_normal((n_images, 4, 4, 1))
+    tetrahedron = 0.1 * np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]])
+    corners = tetrahedron[rng.integers(0, 4, (n_images, 4, 4))]
+    corners = corners + 1e-3 * rng.standard_normal(corners.shape)
+    return np.concatenate([wide, corners], axis=-1).astype(np.float16)
+
+
+def test_whitening_lets_the_codes_find_low_variance_clusters(workdir, repo_params):
+    root, write_params = workdir
+    feats = _two_layer_features(np.random.default_rng(0))
+    write_features(root / "data/features/features.h5", feats, feats[:20], layers=["a", "b"], layer_channels=[1, 3])
+    repo_params["extract"]["layers"] = ["a", "b"]
+    errors = {}
+    for whiten in (False, True):
+        codebook_stage(params=write_params(k=4, max_points_per_centroid=1000, whiten=whiten))
+        metrics = json.loads((root / "metrics/codebook.json").read_text())
+        errors[whiten] = metrics["rel_quant_error_test_b"]
+        assert metrics["pca_variance_kept"] == pytest.approx(1.0)  # whitening alone drops no component
+        centroids = token_files.load_codebook(root / "data/tokens/codebook.safetensors")
+        assert centroids.shape == (4, 4)  # stored in the feature space
+    assert errors[True] < 0.01 < 0.5 < errors[False]
+    with safe_open(root / "data/tokens/codebook.safetensors", "np") as f:
+        made = json.loads(f.metadata()["codebook"])
+    assert made["whiten"] is True and made["pca_dims"] is None
+
+
+def test_pca_keeps_the_leading_components_and_stores_feature_space_centroids(workdir):
+    """8 blobs in a 3-dim subspace of 8 dims, tiny noise elsewhere: k-means on 3 principal components finds
+    the same codes as on all 8 dims, and the stored centroids are the blob centres in the original 8 dims."""
+    root, write_params = workdir
+    centers = 10.0 * np.random.default_rng(1).standard_normal((8, 3)) @ np.random.default_rng(2).standard_normal((3, 8))
+    train, ids = blob_grids(80, 4, centers.astype(np.float32), seed=3)
+    write_features(root / "data/features/features.h5", train, train[:20])
+    codebook_stage(params=write_params(pca_dims=3))
+    metrics = json.loads((root / "metrics/codebook.json").read_text())
+    assert metrics["pca_variance_kept"] > 0.999 and metrics["rel_quant_error_test"] < 1e-4
+    centroids = token_files.load_codebook(root / "data/tokens/codebook.safetensors")
+    assert centroids.shape == (8, 8)
+    assert np.abs(np.sort(centroids, axis=0) - np.sort(centers, axis=0)).max() < 0.01
+    with h5py.File(root / "data/tokens/tokens.h5") as f:
+        tokens = f["train/tokens"][:]
+    # one code per blob: the token of a cell is a relabelling of its blob id
+    assert len(set(zip(tokens.ravel().tolist(), ids.reshape(len(ids), -1).ravel().tolist()))) == 8
+
+    with pytest.raises(PipelineError, match=r"codebook.pca_dims = 9, but the features have 8 dims; set it to at most 8"):
+        codebook_stage(params=write_params(pca_dims=9))
+
+
 def test_layer_weights_name_extracted_layers_and_are_positive(repo_params):
     from pipeline.params import ParamsError, parse_params
 

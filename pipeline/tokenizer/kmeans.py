@@ -5,6 +5,10 @@ tokenizer); a cell's token is the index of its nearest centroid, so an image bec
 raster order. Everything here works on numpy arrays or h5py datasets alike, batch by batch, so a
 feature file larger than memory can be tokenised.
 
+k-means partitions in a search space: the features scaled per layer (codebook.layer_weights), optionally
+projected on their first principal components (codebook.pca_dims) and whitened (codebook.whiten). The
+centroids are stored in the feature space, which is what the decoder reads.
+
 Determinism: the sample is drawn with numpy's seeded Generator and FAISS's own RNG (initialisation,
 subsampling) is seeded from the same seed. On CPU, FAISS k-means is bitwise reproducible for a given
 seed and thread count (checked by tests/test_codebook.py); across thread counts the BLAS reduction
@@ -74,6 +78,78 @@ def channel_scale(layer_weights: dict[str, float], slices: dict[str, slice], dim
     for name, weight in layer_weights.items():
         scale[slices[name]] = weight
     return scale
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Feature vectors (n, C) -> the space k-means partitions and codes are searched in: x * scale, then
+    the PCA (mean removed, projected on the first components, whitened if asked). Affine, so the mean of
+    mapped vectors is the mapped mean: a centroid stored in the feature space maps onto its search code."""
+
+    scale: np.ndarray | None = None  # (C,) codebook.layer_weights per channel; None: all 1
+    pca: faiss.PCAMatrix | None = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x if self.scale is None else x * self.scale, dtype=np.float32)
+        return x if self.pca is None else self.pca.apply(x)
+
+    def back_project(self, y: np.ndarray) -> np.ndarray:
+        """Search-space vectors (n, d) -> the feature vectors that map onto them, least squares where the PCA
+        dropped dimensions (FAISS's reverse_transform refuses a whitened, non-orthonormal PCA)."""
+        x = np.asarray(y, dtype=np.float64)
+        if self.pca is not None:
+            a = faiss.vector_to_array(self.pca.A).reshape(self.pca.d_out, self.pca.d_in)
+            x = (x - faiss.vector_to_array(self.pca.b)) @ np.linalg.pinv(a).T
+        return (x if self.scale is None else x / self.scale).astype(np.float32)
+
+    @property
+    def variance_kept(self) -> float:
+        """Fraction of the (scaled) features' variance on the kept principal components (1 without PCA)."""
+        if self.pca is None:
+            return 1.0
+        eigenvalues = faiss.vector_to_array(self.pca.eigenvalues)
+        return float(eigenvalues[: self.pca.d_out].sum() / eigenvalues.sum())
+
+
+def search_space(sample: np.ndarray, scale: np.ndarray | None, pca_dims: int | None, whiten: bool) -> SearchSpace:
+    """The SearchSpace of codebook.layer_weights (`scale`), pca_dims and whiten, its PCA fitted on `sample`."""
+    space = SearchSpace(scale)
+    if pca_dims is None and not whiten:
+        return space
+    dim = sample.shape[1]
+    pca_dims = dim if pca_dims is None else pca_dims
+    if pca_dims > dim:
+        raise PipelineError(
+            f"codebook.pca_dims = {pca_dims}, but the features have {dim} dims; set it to at most {dim} (or null: no PCA)"
+        )
+    # eigen_power -0.5 divides each component by its standard deviation (whitening); 0 keeps its variance
+    pca = faiss.PCAMatrix(dim, pca_dims, -0.5 if whiten else 0.0, False)
+    pca.train(space(sample))
+    return SearchSpace(scale, pca)
+
+
+def cluster_means(x: np.ndarray, codes: np.ndarray, k: int, fallback: np.ndarray) -> np.ndarray:
+    """float32 (k, C): the mean of the rows of `x` assigned to each code; `fallback`'s row for a code with none."""
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    np.add.at(sums, codes, x)
+    counts = np.bincount(codes, minlength=k)
+    means = sums / np.maximum(counts, 1)[:, None]
+    return np.where(counts[:, None] > 0, means, fallback).astype(np.float32)
+
+
+def feature_centroids(sample: np.ndarray, search_centroids: np.ndarray, space: SearchSpace, gpu: bool = False) -> np.ndarray:
+    """The codebook in the feature space, float32 (K, C), from k-means centroids found in `space`.
+
+    A per-channel scale is undone exactly. A PCA may drop dimensions, so there each code's centroid is the
+    mean of the sampled feature vectors nearest to it in the search space (what k-means' next update would
+    compute there); a code nobody chose keeps its back-projection.
+    """
+    if space.pca is None:
+        return search_centroids if space.scale is None else search_centroids / space.scale
+    index = _flat_index(search_centroids.shape[1], gpu)
+    index.add(np.ascontiguousarray(search_centroids, dtype=np.float32))
+    _, nearest = index.search(space(sample), 1)
+    return cluster_means(sample, nearest.ravel(), len(search_centroids), space.back_project(search_centroids))
 
 
 def use_faiss_gpu(device: str) -> bool:
@@ -183,24 +259,26 @@ def fit_kmeans(
 
 
 def assign(features, centroids: np.ndarray, gpu: bool = False, desc: str = "",
-           scale: np.ndarray | None = None) -> Assignment:  # fmt: skip
+           space: SearchSpace | None = None) -> Assignment:  # fmt: skip
     """Nearest centroid of every grid cell of an (N, H, W, C) array or h5 dataset, batch by batch.
 
-    With `scale` (C,) the distances are those of the scaled features and centroids (codebook.layer_weights);
-    the errors are measured unscaled.
+    With a `space`, "nearest" is measured between the mapped features and mapped centroids (layer weights,
+    PCA); the errors are always measured in the feature space.
     """
     n, h, w, c = features.shape
     k = len(centroids)
     if k > np.iinfo(np.uint16).max + 1:
         raise PipelineError(f"codebook: k = {k} codes do not fit uint16 tokens; use k <= 65536")
-    index = _flat_index(c, gpu)
-    index.add(np.ascontiguousarray(centroids if scale is None else centroids * scale, dtype=np.float32))
+    space = space or SearchSpace()
+    mapped = space(centroids)
+    index = _flat_index(mapped.shape[1], gpu)
+    index.add(mapped)
     tokens = np.empty((n, h * w), dtype=np.uint16)
     sse, sum_sq, sum_x, count = np.zeros(c), np.zeros(c), np.zeros(c), 0
     t0 = time.perf_counter()
     for start, block in iter_batches(features, _images_per_batch(features), desc=desc):
         flat = block.reshape(-1, c)
-        _, nearest = index.search(flat if scale is None else flat * scale, 1)
+        _, nearest = index.search(space(flat), 1)
         nearest = nearest.ravel()
         tokens[start : start + len(block)] = nearest.reshape(len(block), h * w)
         # Exact residuals rather than FAISS's distances, which come from ||x||^2 - 2xc + ||c||^2 and
