@@ -214,6 +214,19 @@ def test_whitening_lets_the_codes_find_low_variance_clusters(workdir, repo_param
     assert made["whiten"] is True and made["pca_dims"] is None
 
 
+def test_whitening_survives_directions_without_variance():
+    """Channels that are linear mixtures of others (as neighbouring stem values nearly are) leave directions of
+    no variance, whose eigenvalues FAISS computes as 0 or slightly negative: whitening must not divide by them
+    (k-means would then refuse the NaNs)."""
+    rng = np.random.default_rng(0)
+    sample = rng.standard_normal((20_000, 40)).astype(np.float32)
+    sample[:, 20:] = sample[:, :20] @ rng.standard_normal((20, 20)).astype(np.float32)
+    space = cb.search_space(sample, None, None, whiten=True)
+    mapped = space(sample)
+    assert np.isfinite(mapped).all() and mapped.shape == (20_000, 40)
+    assert np.isfinite(cb.fit_kmeans(mapped, 8, 5, 0, 1000).centroids).all()
+
+
 def test_pca_keeps_the_leading_components_and_stores_feature_space_centroids(workdir):
     """8 blobs in a 3-dim subspace of 8 dims, tiny noise elsewhere: k-means on 3 principal components finds
     the same codes as on all 8 dims, and the stored centroids are the blob centres in the original 8 dims."""

@@ -122,9 +122,13 @@ def search_space(sample: np.ndarray, scale: np.ndarray | None, pca_dims: int | N
         raise PipelineError(
             f"codebook.pca_dims = {pca_dims}, but the features have {dim} dims; set it to at most {dim} (or null: no PCA)"
         )
+    x = space(sample)
     # eigen_power -0.5 divides each component by its standard deviation (whitening); 0 keeps its variance
     pca = faiss.PCAMatrix(dim, pca_dims, -0.5 if whiten else 0.0, False)
-    pca.train(space(sample))
+    # FAISS's eigenvalues are sums of squares over the sample; a direction with none (a channel that mixes others)
+    # comes out 0 or slightly negative and whitening would divide by it: each gets 1e-4 of their mean added first
+    pca.epsilon = 1e-4 * float(np.square(x - x.mean(axis=0), dtype=np.float64).sum()) / dim
+    pca.train(x)
     return SearchSpace(scale, pca)
 
 
