@@ -1,3 +1,5 @@
+import copy
+import functools
 import re
 import shlex
 from pathlib import Path
@@ -150,3 +152,25 @@ def test_readme_attention_study_runs_are_valid_params(tmp_path):
             assert getattr(p.train, key.removeprefix("train.")) == yaml.safe_load(value), v
         if "n_layer" not in v:
             assert (p.train.n_layer, p.train.n_embd, p.train.epochs, p.evaluate.n_samples) == (4, 128, 15, 1000), v
+
+
+
+def test_readme_tokenizer_study_rows_are_valid_params():
+    """Each row's overrides in the README's tokenizer study, on top of the CPU preset (what `dvc exp run
+    reconstruct $(grep -v '^#' presets/cpu.args) <overrides>` writes to params.yaml), are valid params that hold
+    the row's values; `+key` adds a key, as in `dvc exp run -S`."""
+    text = (REPO / "README.md").read_text()
+    study = text[text.index("### Toward 24 dB") : text.index("## Benchmarks")]
+    rows = re.findall(r"`(-S [^`]+)`", study)
+    assert len(rows) >= 10 and "-S codebook.whiten=true" in rows
+    preset = apply_overrides(yaml.safe_load((REPO / "params.yaml").read_text()), REPO / CPU_PRESET)
+    for row in rows:
+        words = shlex.split(row)
+        assert words[::2] == ["-S"] * (len(words) // 2), row
+        overrides = [(key.removeprefix("+").split("."), yaml.safe_load(value))
+                     for key, _, value in (w.partition("=") for w in words[1::2])]  # fmt: skip
+        raw = copy.deepcopy(preset)
+        for (*path, name), value in overrides:
+            functools.reduce(lambda mapping, key: mapping.setdefault(key, {}), path, raw)[name] = value
+        held = parse_params(raw).model_dump()
+        assert all(functools.reduce(dict.__getitem__, keys, held) == value for keys, value in overrides), row
