@@ -144,12 +144,12 @@ def cluster_means(x: np.ndarray, codes: np.ndarray, k: int, fallback: np.ndarray
 def feature_centroids(sample: np.ndarray, search_centroids: np.ndarray, space: SearchSpace, gpu: bool = False) -> np.ndarray:
     """The codebook in the feature space, float32 (K, C), from k-means centroids found in `space`.
 
-    A per-channel scale is undone exactly. A PCA may drop dimensions, so there each code's centroid is the
-    mean of the sampled feature vectors nearest to it in the search space (what k-means' next update would
-    compute there); a code nobody chose keeps its back-projection.
+    Without a PCA the mapping is undone exactly (`back_project`). A PCA may drop dimensions, so there each
+    code's centroid is the mean of the sampled feature vectors nearest to it in the search space (what k-means'
+    next update would compute there); a code nobody chose keeps its back-projection.
     """
     if space.pca is None:
-        return search_centroids if space.scale is None else search_centroids / space.scale
+        return space.back_project(search_centroids)
     index = _flat_index(search_centroids.shape[1], gpu)
     index.add(np.ascontiguousarray(search_centroids, dtype=np.float32))
     _, nearest = index.search(space(sample), 1)
