@@ -35,7 +35,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the project root
 
 from pipeline.core.images import to_float_nchw, to_uint8  # noqa: E402
-from pipeline.core.runtime import adamw, autocast, grad_scaler, resolve_device, resolve_precision  # noqa: E402
+from pipeline.core.runtime import adamw, grad_scaler, resolve_device, resolve_precision  # noqa: E402
 from pipeline.core.schedule import lr_at  # noqa: E402
 from pipeline.data import cifar10  # noqa: E402
 from pipeline.evaluation.reconstruction import pixel_metrics  # noqa: E402

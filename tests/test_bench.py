@@ -1,7 +1,8 @@
-"""bench/ scripts that measure the tokenizer run on the tiny pipeline's real artifacts and say what they measured."""
+"""bench/ and tools/ scripts that measure the tokenizer and score samples, run on the tiny pipeline's real artifacts."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -14,3 +15,22 @@ def test_residual_codes_lower_the_error_and_feed_the_decoder(tiny_pipeline, tmp_
     one, two = map(float, re.search(r"one code \(K = \d+\) ([\d.]+), two codes \(\+ K = 8 on the residual\) ([\d.]+)", out).groups())
     assert 0 < two < one < 1  # a second code per cell quantises each cell's error again
     assert re.search(r"val PSNR from two codes per cell \(K = \d+ \+ 8\): [\d.]+ dB, SSIM [\d.]+", out)
+
+
+def test_decoder_on_gpt_grids_trains_on_the_gpts_codes_and_scores_both_decoders(tiny_pipeline, tmp_path, torch_home):
+    repo = copy_run(tiny_pipeline[0], tmp_path / "repo")
+    out = run([sys.executable, "bench/bench_decoder_on_gpt_grids.py", "--fraction", "0.5"], cwd=repo).stdout
+    same, differ = map(float, re.search(r"picks the true code for ([\d.]+) % .* 50 % of the cells from the GPT, ([\d.]+) % differ", out).groups())
+    assert 0 <= same <= 100 and abs(differ - 0.5 * (100 - same)) < 5  # half the cells take the GPT's pick, itself wrong 100 - same %
+    scored = re.findall(r"^(decoder stage|trained with 50 % GPT codes): val PSNR [\d.]+ dB, SSIM [\d.]+; .*Inception FID ([\d.]+)", out, re.M)
+    assert [name for name, _ in scored] == ["decoder stage", "trained with 50 % GPT codes"]
+    assert all(float(fid) > 0 for _, fid in scored)
+
+
+def test_score_samples_scores_the_sample_stage_output_as_the_evaluate_stage_did(tiny_pipeline, tmp_path, torch_home):
+    repo = copy_run(tiny_pipeline[0], tmp_path / "repo")
+    run([sys.executable, "tools/score_samples.py", "data/samples/samples.h5", "--out", "scores.json"], cwd=repo)
+    scored = json.loads((repo / "scores.json").read_text())["samples"]  # named after the samples.h5's folder
+    evaluated = json.loads((repo / "metrics" / "eval.json").read_text())
+    for key in ("samples", "floor_test_images", "reference_train_images", "inception", "evaluator"):
+        assert scored[key] == evaluated[key], key

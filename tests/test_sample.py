@@ -132,3 +132,20 @@ def test_token_grids_read_back_from_samples_h5_and_npz(tmp_path, monkeypatch):
     assert np.array_equal(tokens, uncond["tokens"]) and labels is None
     assert sampling.sample_set_name(tmp_path / "u" / SAMPLES) == "samples"  # a sample stage's folder
     assert sampling.sample_set_name(tmp_path / "run.npz") == "run"
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_teacher_forcing_a_greedy_sample_writes_it_again(tmp_path, conditional):
+    """Fed its own greedy (top-1) grids, every cell's true past is the past the sampler had, so the
+    teacher-forced picks are the grids themselves; fed other grids, they are the GPT's picks, not the input."""
+    model = tiny_gpt(conditional)
+    base = load_params(write_world(tmp_path, sample={"cfg_scale": 2.0}) / "params.yaml").sample
+    greedy = base.model_copy(update={"top_k": 1, "top_p": None})
+    labels = sampling.sample_labels(model.cfg, 2)
+    written = sampling.sample_tokens(model, labels, greedy, progress=False)
+    assert np.array_equal(sampling.teacher_forced_tokens(model, written, labels, greedy, progress=False), written)
+    other = np.random.default_rng(1).integers(0, model.cfg.k, written.shape).astype(np.uint16)
+    picks = sampling.teacher_forced_tokens(model, other, labels, base, progress=False)
+    assert picks.shape == other.shape and picks.dtype == np.uint16 and picks.max() < model.cfg.k
+    assert not np.array_equal(picks, other)
+    assert np.array_equal(picks, sampling.teacher_forced_tokens(model, other, labels, base, progress=False))  # seeded

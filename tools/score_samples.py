@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the project root
 
@@ -25,11 +29,49 @@ from pipeline.core.runtime import resolve_device  # noqa: E402
 from pipeline.data import cifar10  # noqa: E402
 from pipeline.evaluation.classifier import load_evaluator  # noqa: E402
 from pipeline.evaluation.distribution import sample_quality  # noqa: E402
-from pipeline.evaluation.reference import description, read_reference  # noqa: E402
+from pipeline.evaluation.reference import Reference, description, read_reference  # noqa: E402
 from pipeline.gpt.sampling import read_token_grids, sample_set_name  # noqa: E402
-from pipeline.params import DEFAULT_PARAMS, load_params  # noqa: E402
-from pipeline.tokenizer.decoding import load_token_decoder  # noqa: E402
+from pipeline.params import DEFAULT_PARAMS, EvaluateParams, load_params  # noqa: E402
+from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder  # noqa: E402
 from stages.paths import DECODER_DIR, RAW, REFERENCE  # noqa: E402
+
+
+@dataclass
+class SampleScorer:
+    """This checkout's Inception reference, raw images and evaluator, loaded once: scores token grids decoded
+    by any decoder of its tokenizer exactly as the evaluate stage scores the sample stage's images."""
+
+    p: EvaluateParams
+    device: torch.device
+    ref: Reference
+    evaluator: torch.nn.Module
+    raw_train: np.ndarray
+    raw_test: np.ndarray
+
+    @classmethod
+    def load(cls, p: EvaluateParams) -> SampleScorer:
+        raw_train, raw_test = cifar10.read_split(RAW, "train"), cifar10.read_split(RAW, "test")
+        return cls(p, resolve_device(p.device), read_reference(REFERENCE), load_evaluator(p.evaluator),
+                   raw_train.images, raw_test.images)  # fmt: skip
+
+    def score(self, decoder: TokenDecoder, tokens: np.ndarray, labels: np.ndarray | None) -> dict:
+        p = self.p
+        images = decoder.decode(tokens, p.batch_size, self.device)
+        n = min(p.n_samples, len(images))
+        quality, _ = sample_quality(
+            images, labels, self.raw_test, self.raw_train, self.ref, evaluator=self.evaluator,
+            evaluator_name=p.evaluator, n=n, batch_size=p.batch_size, kid_subset_size=p.kid_subset_size,
+            device=self.device, seed=p.seed,
+        )  # fmt: skip
+        return {**quality, "inception": description(self.ref, n, "train"), "evaluator": p.evaluator}
+
+
+def summary(scores: dict) -> str:
+    """One line: FID next to its floor, KID, class agreement."""
+    s, floor = scores["samples"], scores["floor_test_images"]
+    agreement = "n/a" if s["class_agreement"] is None else f"{100 * s['class_agreement']:.1f} %"
+    return (f"{s['n']} samples, Inception FID {s['fid_inception']:.2f} (floor {floor['fid_inception']:.2f} "
+            f"at {floor['n']}), KID {s['kid_inception_mean']:.4f}, class agreement {agreement}")  # fmt: skip
 
 
 def main() -> None:
@@ -38,25 +80,12 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     ap.add_argument("--out", type=Path, help="write every run's scores here as JSON")
     args = ap.parse_args()
-    p = load_params(args.params).evaluate
-    device = resolve_device(p.device)
-    decoder, ref, evaluator = load_token_decoder(DECODER_DIR), read_reference(REFERENCE), load_evaluator(p.evaluator)
-    raw_train, raw_test = cifar10.read_split(RAW, "train"), cifar10.read_split(RAW, "test")
+    scorer, decoder = SampleScorer.load(load_params(args.params).evaluate), load_token_decoder(DECODER_DIR)
     scores = {}
     for run in args.runs:
-        name, (tokens, labels) = sample_set_name(run), read_token_grids(run)
-        images = decoder.decode(tokens, p.batch_size, device)
-        n = min(p.n_samples, len(images))
-        quality, _ = sample_quality(
-            images, labels, raw_test.images, raw_train.images, ref, evaluator=evaluator,
-            evaluator_name=p.evaluator, n=n, batch_size=p.batch_size, kid_subset_size=p.kid_subset_size,
-            device=device, seed=p.seed,
-        )  # fmt: skip
-        scores[name] = {**quality, "inception": description(ref, n, "train"), "evaluator": p.evaluator}
-        s, floor = quality["samples"], quality["floor_test_images"]
-        agreement = "n/a" if s["class_agreement"] is None else f"{100 * s['class_agreement']:.1f} %"
-        print(f"{name}: {n} samples, Inception FID {s['fid_inception']:.2f} (floor {floor['fid_inception']:.2f} "
-              f"at {floor['n']}), KID {s['kid_inception_mean']:.4f}, class agreement {agreement}", flush=True)  # fmt: skip
+        name = sample_set_name(run)
+        scores[name] = scorer.score(decoder, *read_token_grids(run))
+        print(f"{name}: {summary(scores[name])}", flush=True)
     if args.out:
         write_json(args.out, scores)
 

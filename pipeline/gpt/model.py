@@ -301,13 +301,19 @@ class GPT(nn.Module):
                 logits, _, _ = self(seq)
             logits = logits[:, -1, : cfg.k].float()  # never sample a special token
             if guided:
-                cond, uncond = logits[:n], logits[n:]
-                logits = uncond + cfg_scale * (cond - uncond)
+                logits = guide(logits, n, cfg_scale)
             nxt = sample_logits(logits, temperature, top_k, top_p, generator)
             out[:, t] = nxt
             step_in = torch.cat([nxt, nxt])[:, None] if guided else nxt[:, None]
             seq = torch.cat([seq, step_in], 1)
         return out
+
+
+def guide(logits: torch.Tensor, n: int, cfg_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: logits of n class-conditioned rows, then of their n null-class copies ->
+    uncond + cfg_scale x (cond - uncond), n rows."""
+    cond, uncond = logits[:n], logits[n:]
+    return uncond + cfg_scale * (cond - uncond)
 
 
 def sample_logits(logits, temperature: float, top_k: int | None, top_p: float | None, generator) -> torch.Tensor:

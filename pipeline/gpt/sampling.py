@@ -23,7 +23,7 @@ from pipeline.core.artifacts import open_h5, rerun
 from pipeline.core.atomic import atomic_path
 from pipeline.core.images import tile_rows
 from pipeline.core.errors import PipelineError
-from pipeline.gpt.model import GPT, GPTConfig
+from pipeline.gpt.model import GPT, GPTConfig, guide, sample_logits, training_inputs
 from pipeline.params import SampleParams
 from pipeline.tokenizer.decoding import TokenDecoder
 
@@ -69,6 +69,35 @@ def sample_tokens(model: GPT, labels: np.ndarray, p: SampleParams, use_cache: bo
         )  # fmt: skip
         out.append(codes.cpu())
     return torch.cat(out).numpy().astype(np.uint16) if out else np.zeros((0, model.cfg.block_size), np.uint16)
+
+
+@torch.no_grad()
+def teacher_forced_tokens(model: GPT, tokens: np.ndarray, labels: np.ndarray | None, p: SampleParams,
+                          progress: bool = True) -> np.ndarray:  # fmt: skip
+    """What the sampler writes at each cell of the given grids when every cell before it is the true one:
+    uint16 (N, H*W), drawn like `sample_tokens` (p's temperature, top-k, top-p and guidance; one generator
+    seeded with p.seed). Where it differs from `tokens` are the GPT's own mistakes, which a decoder can be
+    trained on (bench/bench_decoder_on_gpt_grids.py). `labels`: the grids' classes (conditional models)."""
+    cfg, device = model.cfg, next(model.parameters()).device
+    if cfg.conditional and labels is None:
+        raise ValueError("a conditional model needs the grids' labels")
+    generator = torch.Generator(device=device).manual_seed(p.seed)
+    guided = cfg.conditional and p.cfg_scale != 1.0
+    out = []
+    starts = range(0, len(tokens), p.batch_size)
+    for start in tqdm(starts, desc="teacher-forced sampling", unit="batch", disable=not progress, leave=False):
+        codes = torch.as_tensor(tokens[start : start + p.batch_size].astype(np.int64), device=device)
+        n = len(codes)
+        batch_labels = torch.as_tensor(labels[start : start + n].astype(np.int64), device=device) if cfg.conditional else None
+        prefix = cfg.prefix(batch_labels, n, device)
+        if guided:
+            prefix, codes = torch.cat([prefix, cfg.prefix(None, n, device)]), torch.cat([codes, codes])
+        logits = model(training_inputs(codes, prefix))[0][..., : cfg.k].float()  # never a special token
+        if guided:
+            logits = guide(logits, n, p.cfg_scale)
+        picks = sample_logits(logits.flatten(0, 1), p.temperature, p.top_k, p.top_p, generator)
+        out.append(picks.view(n, -1).cpu())
+    return torch.cat(out).numpy().astype(np.uint16) if out else np.zeros((0, cfg.block_size), np.uint16)
 
 
 @dataclass(frozen=True)
