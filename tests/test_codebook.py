@@ -47,7 +47,7 @@ def workdir(tmp_path, monkeypatch, repo_params):
 
     def write_params(**codebook) -> Path:
         repo_params["codebook"].update(
-            dict(k=8, niter=20, seed=0, sample_size=100_000, max_points_per_centroid=10_000, init="kmeans++",
+            dict(k=8, niter=20, seed=0, sample_size=100_000, max_points_per_centroid=10_000, init="kmeans++", pca_dims=None,
                  device="cpu") | codebook,  # fmt: skip
         )
         path = tmp_path / "params.yaml"

@@ -21,7 +21,9 @@ from pipeline.params import (
 def test_repo_params_are_valid():
     p = load_params(REPO / "params.yaml")
     assert p.train.n_embd % p.train.n_head == 0
-    assert p.download.expect_train == 50_000 and p.codebook.k == 512
+    assert p.download.expect_train == 50_000
+    for codebook in (p.codebook, parse_params(apply_overrides(yaml.safe_load((REPO / "params.yaml").read_text()), REPO / CPU_PRESET)).codebook):
+        assert codebook.sample_size >= 256 * codebook.k  # k-means sees at least 256 cells per code
 
 
 @pytest.mark.parametrize(

@@ -356,7 +356,7 @@ def test_codebook_stage_twice_writes_the_same_bytes(tmp_path):
         folder.mkdir()
         train, test = blob_grids(40, 4, CENTERS, 1)[0], blob_grids(10, 4, CENTERS, 2)[0]
         write_features(folder / "data/features/features.h5", train, test)
-        write_params(folder, codebook=dict(k=8, niter=10, sample_size=10_000, max_points_per_centroid=1000, device="cpu"))
+        write_params(folder, codebook=dict(k=8, niter=10, sample_size=10_000, max_points_per_centroid=1000, pca_dims=None, device="cpu"))
         env = venv_env() | {"PYTHONPATH": str(REPO), "PYTHONHASHSEED": seed}
         command = [sys.executable, "-m", "stages", "codebook"]
         subprocess.run(command, cwd=folder, env=env, check=True, capture_output=True)
