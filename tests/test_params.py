@@ -18,11 +18,16 @@ from pipeline.params import (
 )
 
 
+def cpu_preset_raw() -> dict:
+    """params.yaml with the CPU preset's overrides, as `dvc exp run $(grep -v '^#' presets/cpu.args)` writes it."""
+    return apply_overrides(yaml.safe_load((REPO / "params.yaml").read_text()), REPO / CPU_PRESET)
+
+
 def test_repo_params_are_valid():
     p = load_params(REPO / "params.yaml")
     assert p.train.n_embd % p.train.n_head == 0
     assert p.download.expect_train == 50_000
-    for codebook in (p.codebook, parse_params(apply_overrides(yaml.safe_load((REPO / "params.yaml").read_text()), REPO / CPU_PRESET)).codebook):
+    for codebook in (p.codebook, parse_params(cpu_preset_raw()).codebook):
         assert codebook.sample_size >= 256 * codebook.k  # k-means sees at least 256 cells per code
 
 
@@ -144,7 +149,7 @@ def test_readme_attention_study_runs_are_valid_params(tmp_path):
     p_words = shlex.split(study[study.index("-S") : study.index('"\n')].replace("\\\n", " "))
     variants = re.findall(r'"(train\.[^"]+)"', study) + ["train.seed=1", "train.attention=axial -S train.seed=1"]
     assert len(variants) >= 13 and "train.pos_emb=1d" in variants
-    raw = apply_overrides(yaml.safe_load((REPO / "params.yaml").read_text()), REPO / CPU_PRESET)
+    raw = cpu_preset_raw()
     for v in variants:
         args = tmp_path / "run.args"
         args.write_text(shlex.join(p_words + ["-S", *v.split()]))
@@ -165,7 +170,7 @@ def test_readme_tokenizer_study_rows_are_valid_params():
     study = text[text.index("### Toward 24 dB") : text.index("## Benchmarks")]
     rows = re.findall(r"`(-S [^`]+)`", study)
     assert len(rows) >= 10 and "-S codebook.whiten=true" in rows
-    preset = apply_overrides(yaml.safe_load((REPO / "params.yaml").read_text()), REPO / CPU_PRESET)
+    preset = cpu_preset_raw()
     for row in rows:
         words = shlex.split(row)
         assert words[::2] == ["-S"] * (len(words) // 2), row
