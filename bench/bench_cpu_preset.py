@@ -123,7 +123,7 @@ def bench_decoder(p: Params, precision: str, steps: int) -> dict:
     n = max(d.batch_size, 1000)
     inputs = dt.DecoderInputs(
         centroids=torch.randn(k, dim), codebook_sha256="bench", encoder=p.extract.encoder, layers=list(spec.layers),
-        grid=grid, feature_attrs={"input_size": spec.input_size, "pool": spec.pool}, mean=None, std=None,
+        grid=grid, codes_per_cell=1, feature_attrs={"input_size": spec.input_size, "pool": spec.pool}, mean=None, std=None,
         train_tokens=rng.integers(0, k, (n, grid * grid)).astype(np.uint16),
         train_images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
         val_tokens=rng.integers(0, k, (n, grid * grid)).astype(np.uint16),

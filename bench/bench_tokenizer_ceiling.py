@@ -1,7 +1,6 @@
-"""The quantisation lever's ceiling: the decoder trained on the features themselves instead of their centroids,
-or on a two-code residual quantisation of them (128 tokens per image at the 8x8 grid).
+"""The quantisation lever's ceiling: the decoder trained on the features themselves instead of their centroids.
 
-    python bench/bench_tokenizer_ceiling.py [--params params.yaml] [--residual-k K]
+    python bench/bench_tokenizer_ceiling.py [--params params.yaml]
 
 Run from the project root after `dvc repro decoder` (with the params under study, e.g. after the CPU preset's
 `dvc exp run`). It reads data/features/features.h5 (train and val), data/raw/cifar10.h5 and the decoder
@@ -9,14 +8,8 @@ section of the params, and trains the decoder stage's InverseCNN with the stage'
 and step (`decoder_training.training_step`) on the standardised (C, 8, 8) feature grids, i.e. a codebook
 with no quantisation error. It prints the validation PSNR (all val images, as metrics/decoder.json): next to
 the decoder stage's PSNR at the same params, what any codebook on these features could gain at most with
-this decoder, and so whether the codebook or the features and decoder limit PSNR.
-
-With --residual-k K it measures residual quantisation instead: each cell's error to its centroid (the codebook
-stage's data/tokens/codebook.safetensors and tokens.h5) is quantised again by a second FAISS k-means with K codes,
-fitted like the codebook stage's (its sample_size, niter, seed, max_points_per_centroid, init), so a cell is
-the sum of two centroids. It prints the relative quantisation error on val of one and of two codes, and the
-decoder's val PSNR on the two-code grids: what a second token per cell would buy before any GPT has to model
-128 tokens.
+this decoder, and so whether the codebook or the features and decoder limit PSNR. (A second code per cell,
+residual quantisation, is a pipeline param: codebook.codes_per_cell.)
 """
 
 from __future__ import annotations
@@ -41,9 +34,9 @@ from pipeline.data import cifar10  # noqa: E402
 from pipeline.evaluation.reconstruction import pixel_metrics  # noqa: E402
 from pipeline.features.files import read_feature_info  # noqa: E402
 from pipeline.params import DEFAULT_PARAMS, load_params  # noqa: E402
-from pipeline.tokenizer import decoder_training as dt, files as token_files, kmeans as cb  # noqa: E402
+from pipeline.tokenizer import decoder_training as dt  # noqa: E402
 from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN  # noqa: E402
-from stages.paths import CODEBOOK, FEATURES, RAW, TOKENS  # noqa: E402
+from stages.paths import FEATURES, RAW  # noqa: E402
 
 
 def grids(features: np.ndarray, idx, device: torch.device) -> torch.Tensor:
@@ -51,32 +44,9 @@ def grids(features: np.ndarray, idx, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(features[idx]).to(device).permute(0, 3, 1, 2).float()
 
 
-def residual_grids(features: dict[str, np.ndarray], k2: int, params) -> dict[str, np.ndarray]:
-    """{split: (N, g, g, C) features} -> the same as the sum of the codebook stage's centroid and a second
-    k-means's centroid of the residual (float16, like the features); prints both relative errors on val."""
-    p = params.codebook
-    centroids = token_files.load_codebook(CODEBOOK)
-    meta = token_files.read_meta(TOKENS)
-    token_files.check_same_codebook({str(CODEBOOK): token_files.centroids_sha256(centroids)}, str(TOKENS), meta)
-    first = {s: centroids[token_files.read_split(TOKENS, s, meta).tokens.numpy()].reshape(x.shape) for s, x in features.items()}
-    residual = {s: features[s].astype(np.float32) - first[s] for s in features}
-    sample = cb.sample_vectors(residual["train"], p.sample_size, p.seed)
-    fit = cb.fit_kmeans(sample, k2, p.niter, p.seed, p.max_points_per_centroid, init=p.init)
-    one = cb.assign(features["val"], centroids)
-    two = cb.assign(residual["val"], fit.centroids)
-    print(f"val relative quantisation error: one code (K = {len(centroids)}) {one.relative_error:.4f}, "
-          f"two codes (+ K = {k2} on the residual) {cb.relative(two.sse, one.channel_sst.sum()):.4f}")
-    out = {}
-    for split, r in residual.items():
-        codes = two.tokens if split == "val" else cb.assign(r, fit.centroids, desc=f"assign {split}").tokens
-        out[split] = (first[split] + fit.centroids[codes].reshape(r.shape)).astype(np.float16)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    ap.add_argument("--residual-k", type=int, default=0, help="codes of a second, residual k-means (0: no quantisation)")
     args = ap.parse_args()
     params = load_params(args.params)
     p = params.decoder
@@ -85,9 +55,6 @@ def main() -> None:
     info = read_feature_info(FEATURES)
     with h5py.File(FEATURES, "r") as f:
         train_x, val_x = f["train/features"][:], f["val/features"][:]
-    if args.residual_k:
-        quantised = residual_grids({"train": train_x, "val": val_x}, args.residual_k, params)
-        train_x, val_x = quantised["train"], quantised["val"]
     train, val = cifar10.read_split(RAW, "train"), cifar10.read_split(RAW, "val")
     grid, dim = info.layout.grid_h, info.layout.dim
     print(f"{FEATURES}: {info.layout.encoder} {info.layers}, {dim} dims on a {grid}x{grid} grid; "
@@ -120,8 +87,7 @@ def main() -> None:
         out = [to_uint8(model(grids(val_x, slice(i, i + p.batch_size), device))) for i in range(0, len(val_x), p.batch_size)]
     ceiling = pixel_metrics(val.images, np.concatenate(out))
     print(f"trained in {time.perf_counter() - t0:.0f} s")
-    source = f"two codes per cell (K = {params.codebook.k} + {args.residual_k})" if args.residual_k else "the features (no quantisation)"
-    print(f"val PSNR from {source}: {ceiling['psnr_db']:.2f} dB, SSIM {ceiling['ssim']:.3f}")
+    print(f"val PSNR from the features (no quantisation): {ceiling['psnr_db']:.2f} dB, SSIM {ceiling['ssim']:.3f}")
     print("compare: psnr_db of metrics/decoder.json from the same extract and decoder params (dvc metrics show)")
 
 

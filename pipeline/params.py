@@ -86,6 +86,9 @@ class CodebookParams(Section):
     # whiten: each component scaled to unit variance first (k-means in the Mahalanobis metric)
     pca_dims: int | None = Field(ge=1)
     whiten: bool
+    # residual quantisation: code 2 of a cell quantises what code 1 left (k more codes, k-means on the features'
+    # residuals, unweighted, no PCA), and so on; tokens per image = grid^2 x this, the GPT's vocabulary k x this
+    codes_per_cell: int = Field(ge=1, le=8)
     device: Device
 
     @field_validator("layer_weights")
@@ -95,6 +98,15 @@ class CodebookParams(Section):
         if bad:
             raise ValueError(f"weights must be > 0 (drop a layer from extract.layers instead), got {bad}")
         return weights
+
+    @model_validator(mode="after")
+    def _vocabulary_fits_uint16(self) -> CodebookParams:
+        if self.k * self.codes_per_cell > 65_536:
+            raise ValueError(
+                f"k x codes_per_cell = {self.k} x {self.codes_per_cell} token ids do not fit uint16 tokens; "
+                "keep their product <= 65,536"
+            )
+        return self
 
 
 class DecoderParams(Section):

@@ -121,6 +121,51 @@ def test_pixel_palette_tokenizer_round_trips(workdir):
         np.testing.assert_array_equal(decoded, images[split])
 
 
+def test_two_codes_per_cell_quantise_the_first_codes_residual(workdir):
+    """codebook.codes_per_cell = 2: every cell's two codes sit side by side, the second from a vocabulary
+    offset by k; the sum of the two centroids is nearer the features than the first alone."""
+    root, write_params = workdir
+    rng = np.random.default_rng(0)
+    train, test = (rng.standard_normal((n, 4, 4, 6)).astype(np.float16) for n in (60, 20))
+    write_features(root / "data/features/features.h5", train, test)
+    codebook_stage(params=write_params(k=8, codes_per_cell=2))
+
+    with h5py.File(root / "data/tokens/tokens.h5") as f:
+        tokens, attrs = f["test/tokens"][:], dict(f.attrs)
+    assert tokens.shape == (20, 32) and (attrs["k"], attrs["codes_per_cell"]) == (16, 2)
+    assert tokens[:, 0::2].max() < 8 and tokens[:, 1::2].min() >= 8 and tokens[:, 1::2].max() < 16
+    centroids = token_files.load_codebook(root / "data/tokens/codebook.safetensors")
+    assert centroids.shape == (16, 6)
+    cells = test.astype(np.float32).reshape(-1, 6)
+    both = centroids[tokens[:, 0::2].ravel()] + centroids[tokens[:, 1::2].ravel()]
+    metrics = json.loads((root / "metrics/codebook.json").read_text())
+    sst = np.square(cells - cells.mean(axis=0)).sum()
+    assert metrics["rel_quant_error_test"] == pytest.approx(np.square(cells - both).sum() / sst, rel=1e-3)
+    assert metrics["rel_quant_error_test"] < metrics["rel_quant_error_test_first_code"] < 1
+    assert metrics["tokens_per_image"] == 32 and metrics["codes_per_cell"] == 2
+    # the first code is the one-code codebook's: the same k-means on the same sample
+    codebook_stage(params=write_params(k=8, codes_per_cell=1))
+    with h5py.File(root / "data/tokens/tokens.h5") as f:
+        np.testing.assert_array_equal(f["test/tokens"][:], tokens[:, 0::2])
+    assert json.loads((root / "metrics/codebook.json").read_text())["rel_quant_error_test"] == pytest.approx(
+        metrics["rel_quant_error_test_first_code"])
+
+
+def test_pixel_palette_takes_one_code_per_cell(workdir):
+    root, write_params = workdir
+    pixels = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float16)
+    write_features(root / "data/features/features.h5", pixels, pixels, encoder="pixels")
+    with pytest.raises(PipelineError, match=r"codebook.codes_per_cell = 2: the pixel palette .* set codebook.codes_per_cell to 1"):
+        codebook_stage(params=write_params(k=8, codes_per_cell=2))
+
+
+def test_vocabulary_of_all_codes_must_fit_uint16(repo_params):
+    from pipeline.params import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match=r"codebook.*40000 x 2 token ids do not fit uint16"):
+        parse_params(repo_params | {"codebook": repo_params["codebook"] | {"k": 40_000, "codes_per_cell": 2}})
+
+
 def test_palette_decode_undoes_standardisation():
     colours = np.array([[0.0, 0.5, 1.0], [1.0, 0.0, 0.25]], dtype=np.float32)
     mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.2, 0.25, 0.5])

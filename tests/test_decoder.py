@@ -91,6 +91,19 @@ def test_model_maps_token_grid_to_image(grid):
     torch.testing.assert_close(out, model(emb.contiguous()), rtol=1e-5, atol=1e-6)
 
 
+def test_two_codes_per_cell_decode_from_the_sum_of_their_centroids():
+    cfg = DecoderConfig(in_channels=5, grid=8, k=14, channels=16, res_blocks=1, codes_per_cell=2)
+    model = InverseCNN(cfg, torch.randn(14, 5))
+    assert DecoderConfig.from_dict(cfg.to_dict()) == cfg
+    tokens = torch.stack([torch.randint(0, 7, (3, 64)), torch.randint(7, 14, (3, 64))], dim=-1).view(3, 128)
+    emb = model.embed(tokens)
+    # cell (1, 2) is tokens 2 * (1 * 8 + 2) and the next one
+    torch.testing.assert_close(emb[0, :, 1, 2], model.centroids[tokens[0, 20]] + model.centroids[tokens[0, 21]])
+    assert model.decode_tokens(tokens).shape == (3, 3, 32, 32)
+    with pytest.raises(PipelineError, match=r"\(N, 128\) for a 8x8 decoder of 2 code\(s\) per cell"):
+        model.embed(tokens[:, :64])
+
+
 def test_model_rejects_bad_grid_and_centroids():
     with pytest.raises(PipelineError, match="grid"):
         InverseCNN(DecoderConfig(in_channels=3, grid=6, k=4, channels=16, res_blocks=0))
@@ -189,6 +202,13 @@ def test_token_noise_swaps_the_asked_fraction_of_codes_reproducibly():
     assert torch.equal(noisy, dt.perturb_tokens(tokens, 0.25, 512, seed=0, step=3))  # same (seed, step): same noise
     assert not torch.equal(noisy, dt.perturb_tokens(tokens, 0.25, 512, seed=0, step=4))
     assert not torch.equal(noisy, dt.perturb_tokens(tokens, 0.25, 512, seed=1, step=3))
+
+
+def test_token_noise_draws_each_code_from_its_own_level():
+    tokens = torch.stack([torch.zeros(50, 64, dtype=torch.long), torch.full((50, 64), 8)], dim=-1).view(50, 128)
+    noisy = dt.perturb_tokens(tokens, 0.5, 16, seed=0, step=0, codes_per_cell=2)
+    assert noisy[:, 0::2].max() < 8 and noisy[:, 1::2].min() >= 8 and noisy[:, 1::2].max() < 16
+    assert (noisy[:, 0::2] != 0).any() and (noisy[:, 1::2] != 8).any()
 
 
 def test_token_noise_changes_training_and_leaves_the_inputs_alone(tmp_path):

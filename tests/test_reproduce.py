@@ -9,6 +9,7 @@ artifact without running a stage; `dvc exp run -S train...` re-runs only train a
 import re
 import subprocess
 
+import h5py
 import yaml
 
 from conftest import copy_run, requires_inception, requires_real_weights, run
@@ -57,3 +58,22 @@ def test_push_pull_and_selective_rerun(tiny_pipeline, tmp_path, torch_home):
     assert ran(run(["dvc", "repro", "--pull"], cwd=other).stdout) == set()
     assert "up to date" in run(["dvc", "status"], cwd=other).stdout
     assert (other / "data/samples/grid.png").read_bytes() == (repo / "data/samples/grid.png").read_bytes()
+
+
+@requires_real_weights
+@requires_inception
+def test_two_codes_per_cell_run_end_to_end(tiny_pipeline, tmp_path, torch_home):
+    """codebook.codes_per_cell = 2 (residual quantisation) re-runs the codebook and everything after it; the
+    second code lowers the quantisation error and every later stage reads and writes 2 x 8 x 8 tokens."""
+    repo = copy_run(tiny_pipeline[0], tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["codebook"]["codes_per_cell"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(run(["dvc", "repro"], cwd=repo).stdout) == set(STAGES[3:])
+    metrics = {name: yaml.safe_load((repo / f"metrics/{name}.json").read_text()) for name in ("codebook", "decoder", "eval")}
+    assert metrics["codebook"]["rel_quant_error_test"] < metrics["codebook"]["rel_quant_error_test_first_code"]
+    assert metrics["codebook"]["tokens_per_image"] == metrics["decoder"]["tokens_per_image"] == 128
+    with h5py.File(repo / "data/samples/samples.h5") as f:
+        tokens, k = f["tokens"][()], int(f.attrs["k"])
+    assert tokens.shape[1] == 128 and k == 2 * params["codebook"]["k"]
+    assert metrics["eval"]["gpt"]["test_bits_per_image"] > 0 and metrics["eval"]["samples"]["fid_inception"] > 0

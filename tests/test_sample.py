@@ -15,9 +15,13 @@ import pytest
 
 from pipeline.gpt import sampling
 from pipeline.core.errors import PipelineError
+from pipeline.gpt.training import model_config
 from pipeline.params import load_params
-from pipeline.tokenizer.decoding import load_token_decoder
-from sample_world import GRID, K, tiny_gpt, write_world
+from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
+from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder
+from pipeline.tokenizer.files import TokenMeta
+from sample_world import CLASSES, DIM, GRID, K, tiny_gpt, write_world
+from conftest import REPO
 from stages.paths import DECODER_DIR, PLOTS, SAMPLE_GRID, SAMPLES
 from stages.sample import sample
 
@@ -116,6 +120,17 @@ def test_decoder_from_other_tokenizer_is_a_clear_error(tmp_path):
     decoder = load_token_decoder(write_world(tmp_path) / DECODER_DIR)
     with pytest.raises(PipelineError, match="does not decode the codes"):
         sampling.check_decoder(model.cfg, decoder, "gpt", "decoder")
+
+
+def test_two_codes_per_cell_make_the_gpt_row_twice_as_long_and_the_decoder_must_agree():
+    meta = TokenMeta(2 * K, GRID, GRID, 10, CLASSES, "synthetic", DIM, "sha", codes_per_cell=2)
+    cfg = model_config(load_params(REPO / "params.yaml").train, meta)
+    assert (cfg.grid_h, cfg.grid_w, cfg.block_size) == (GRID, 2 * GRID, 2 * GRID * GRID) == (GRID, meta.row_len, meta.seq_len)
+    two = TokenDecoder("cnn", GRID, 2 * K, model=InverseCNN(DecoderConfig(DIM, GRID, 2 * K, 32, 0, codes_per_cell=2)))
+    sampling.check_decoder(cfg, two, "gpt", "decoder")
+    one = TokenDecoder("cnn", GRID, 2 * K, model=InverseCNN(DecoderConfig(DIM, GRID, 2 * K, 32, 0)))
+    with pytest.raises(PipelineError, match="does not decode the codes"):
+        sampling.check_decoder(cfg, one, "gpt", "decoder")
 
 
 def test_token_grids_read_back_from_samples_h5_and_npz(tmp_path, monkeypatch):

@@ -35,9 +35,9 @@ KV = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True)
 class GPTConfig:
-    k: int  # codebook size
+    k: int  # token vocabulary (codebook size x codes per cell)
     grid_h: int
-    grid_w: int
+    grid_w: int  # tokens per row: grid cells x codes per cell (tokens.h5 `row_len`)
     n_classes: int
     conditional: bool
     n_layer: int

@@ -43,10 +43,11 @@ def sample_labels(cfg: GPTConfig, n_per_class: int) -> np.ndarray:
 
 
 def check_decoder(cfg: GPTConfig, decoder: TokenDecoder, model_source: str, decoder_source: str) -> None:
-    """The decoder must read the codes the GPT writes: same codebook size and grid."""
-    if decoder.k != cfg.k or not decoder.grid == cfg.grid_h == cfg.grid_w:
+    """The decoder must read the codes the GPT writes: same vocabulary and grid (a row: cells x codes per cell)."""
+    row = decoder.grid * decoder.codes_per_cell
+    if decoder.k != cfg.k or not decoder.grid == cfg.grid_h or row != cfg.grid_w:
         raise PipelineError(
-            f"{decoder_source} ({decoder.kind}, k={decoder.k}, grid {decoder.grid}x{decoder.grid}) does not decode "
+            f"{decoder_source} ({decoder.kind}, k={decoder.k}, grid {decoder.grid}x{row}) does not decode "
             f"the codes of {model_source} (k={cfg.k}, grid {cfg.grid_h}x{cfg.grid_w}); they come from different "
             "tokenizer runs: re-run the decoder and train stages (dvc repro)"
         )

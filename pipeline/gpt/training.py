@@ -93,7 +93,7 @@ def distributed(device: str) -> Iterator[DistInfo]:
 
 def model_config(p: TrainParams, meta: tok.TokenMeta) -> GPTConfig:
     return GPTConfig(
-        k=meta.k, grid_h=meta.grid_h, grid_w=meta.grid_w, n_classes=meta.n_classes, conditional=p.conditional,
+        k=meta.k, grid_h=meta.grid_h, grid_w=meta.row_len, n_classes=meta.n_classes, conditional=p.conditional,
         n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd, dropout=p.dropout, pos_emb=p.pos_emb,
         attention=p.attention, window=p.window, n_kv_head=p.n_kv_head,
     )

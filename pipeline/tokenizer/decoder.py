@@ -1,8 +1,9 @@
 """Inverse CNN: a grid of codebook vectors -> a 32x32 RGB image.
 
-The input is exactly what a GPT sample yields once each token is replaced by its centroid:
-(N, C, g, g) with g in {1, 2, 4, 8, 16}. The centroids travel inside the model as a frozen buffer,
-so a saved decoder turns token ids into images on its own (`decode_tokens`).
+The input is exactly what a GPT sample yields once each token is replaced by its centroid (with D codes
+per cell, the sum of the cell's D centroids): (N, C, g, g) with g in {1, 2, 4, 8, 16}. The centroids
+travel inside the model as a frozen buffer, so a saved decoder turns token ids into images on its own
+(`decode_tokens`).
 
 Layout: conv stem -> residual blocks at g x g -> (nearest upsample x2, conv, residual block) until
 32 x 32, halving the width each time -> GroupNorm, SiLU, conv to RGB, sigmoid (images in [0, 1]).
@@ -29,13 +30,16 @@ class DecoderConfig:
     k: int  # codebook size
     channels: int  # width at g x g
     res_blocks: int  # residual blocks at g x g
+    codes_per_cell: int = 1  # D: a cell's vector is the sum of its D tokens' centroids (residual quantisation)
 
     def to_dict(self) -> dict:
         return {"kind": "cnn", **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> DecoderConfig:
-        return cls(**{k: d[k] for k in ("in_channels", "grid", "k", "channels", "res_blocks")})
+        # a decoder saved before codes_per_cell existed read one code per cell
+        return cls(**{k: d[k] for k in ("in_channels", "grid", "k", "channels", "res_blocks")},
+                   codes_per_cell=d.get("codes_per_cell", 1))  # fmt: skip
 
 
 def upsampling_steps(grid: int) -> int:
@@ -89,13 +93,17 @@ class InverseCNN(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(N, g*g) token ids in raster order -> (N, C, g, g) centroid grid, in channels_last memory
-        layout: the free permuted view, on which oneDNN's CPU convolutions decode faster than on an
-        NCHW copy (bench/bench_sampling.py measures it), with the same values."""
-        g = self.config.grid
-        if tokens.ndim != 2 or tokens.shape[1] != g * g:
-            raise PipelineError(f"tokens must have shape (N, {g * g}) for a {g}x{g} decoder, got {tuple(tokens.shape)}")
-        vectors = self.centroids[tokens.long()]  # (N, g*g, C)
+        """(N, g*g*D) token ids in raster order, a cell's D codes adjacent -> (N, C, g, g) grid of the cells'
+        centroid sums, in channels_last memory layout: the free permuted view, on which oneDNN's CPU
+        convolutions decode faster than on an NCHW copy (bench/bench_sampling.py measures it)."""
+        g, d = self.config.grid, self.config.codes_per_cell
+        if tokens.ndim != 2 or tokens.shape[1] != g * g * d:
+            raise PipelineError(
+                f"tokens must have shape (N, {g * g * d}) for a {g}x{g} decoder of {d} code(s) per cell, got {tuple(tokens.shape)}"
+            )
+        vectors = self.centroids[tokens.long()]  # (N, g*g*D, C)
+        if d > 1:
+            vectors = vectors.view(len(tokens), g * g, d, -1).sum(dim=2)
         return vectors.view(len(tokens), g, g, -1).permute(0, 3, 1, 2)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:

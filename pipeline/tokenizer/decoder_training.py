@@ -63,10 +63,11 @@ class DecoderInputs:
     encoder: str
     layers: list[str]
     grid: int
+    codes_per_cell: int  # D tokens per grid cell (tokens.h5)
     feature_attrs: dict  # features.h5 attrs (encoder, layers, grid, input_size, pool, ...)
     mean: np.ndarray | None  # features.h5 stats (C,), None when not standardised
     std: np.ndarray | None
-    train_tokens: np.ndarray  # uint16 (N, g*g)
+    train_tokens: np.ndarray  # uint16 (N, g*g*D)
     train_images: np.ndarray  # uint8 (N, 32, 32, 3)
     val_tokens: np.ndarray  # the validation split: per-epoch curve and the stage's metrics
     val_images: np.ndarray
@@ -107,7 +108,7 @@ def load_inputs(tokens_path: Path, codebook_path: Path, features_path: Path, raw
         splits[split] = (toks.tokens.numpy().astype(np.uint16), raw)
     return DecoderInputs(
         centroids=torch.from_numpy(centroids).float(), codebook_sha256=meta.codebook_sha256,
-        encoder=meta.encoder, layers=info.layers, grid=grid, feature_attrs=info.attrs,
+        encoder=meta.encoder, layers=info.layers, grid=grid, codes_per_cell=meta.codes_per_cell, feature_attrs=info.attrs,
         mean=mean, std=info.std, train_tokens=splits["train"][0], train_images=splits["train"][1].images,
         val_tokens=splits["val"][0], val_images=splits["val"][1].images, val_labels=splits["val"][1].labels,
         input_hashes={str(p): sha256_file(p) for p in (tokens_path, codebook_path, raw_path)},
@@ -188,15 +189,20 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
-def perturb_tokens(tokens: torch.Tensor, fraction: float, k: int, seed: int, step: int) -> torch.Tensor:
-    """`tokens` with each cell, with probability `fraction`, swapped for a code drawn uniformly from 0..k-1
-    (decoder.token_noise): a decoder trained on such grids learns not to trust every code, as a GPT sample
-    has wrong ones. Drawn from a generator seeded by (seed, step), so a resumed run draws the same noise."""
+def perturb_tokens(tokens: torch.Tensor, fraction: float, k: int, seed: int, step: int, codes_per_cell: int = 1) -> torch.Tensor:
+    """`tokens` with each code, with probability `fraction`, swapped for one drawn uniformly from its level's
+    k / codes_per_cell codes (decoder.token_noise): a decoder trained on such grids learns not to trust every
+    code, as a GPT sample has wrong ones. Drawn from a generator seeded by (seed, step), so a resumed run draws
+    the same noise."""
     if fraction == 0:
         return tokens
     g = torch.Generator(device=tokens.device).manual_seed(seed * 1_000_003 + step)
     swap = torch.rand(tokens.shape, generator=g, device=tokens.device) < fraction
-    return torch.where(swap, torch.randint(0, k, tokens.shape, generator=g, device=tokens.device), tokens)
+    level_k = k // codes_per_cell
+    drawn = torch.randint(0, level_k, tokens.shape, generator=g, device=tokens.device)
+    if codes_per_cell > 1:  # a cell's codes are adjacent: position t holds level t % D, ids from level * level_k
+        drawn += (torch.arange(tokens.shape[1], device=tokens.device) % codes_per_cell) * level_k
+    return torch.where(swap, drawn, tokens)
 
 
 def training_step(model: InverseCNN, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -228,7 +234,7 @@ def train_decoder(
     (hashing.code_sha256): a checkpoint written by other code is not resumed."""
     config = DecoderConfig(
         in_channels=inputs.centroids.shape[1], grid=inputs.grid, k=len(inputs.centroids),
-        channels=p.channels, res_blocks=p.res_blocks,
+        channels=p.channels, res_blocks=p.res_blocks, codes_per_cell=inputs.codes_per_cell,
     )  # fmt: skip
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's RNG untouched
         torch.manual_seed(p.seed)
@@ -271,7 +277,7 @@ def train_decoder(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[i * p.batch_size : (i + 1) * p.batch_size]
-            grid = model.embed(perturb_tokens(tokens[idx], p.token_noise, config.k, p.seed, step))
+            grid = model.embed(perturb_tokens(tokens[idx], p.token_noise, config.k, p.seed, step, config.codes_per_cell))
             loss = training_step(model, optimizer, scaler, grid, to_float_nchw(images[idx], device), loss_fn, precision)
             step += 1
             loss_sum += loss.double() * len(idx)

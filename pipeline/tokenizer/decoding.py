@@ -4,7 +4,7 @@ A decoder folder (`data/models/decoder`) holds `config.json` and `model.safetens
     kind "cnn":     the trained InverseCNN (its weights include the codebook centroids)
     kind "palette": the pixel tokenizer's palette, tensor `palette` (K, 3) RGB in [0, 1]; token i of
                     a 32x32 grid is the colour of pixel i (no training, the classic minGPT demo)
-`load_token_decoder(folder).decode(tokens)` maps (N, g*g) token ids to (N, 32, 32, 3) uint8 images.
+`load_token_decoder(folder).decode(tokens)` maps (N, g*g*D) token ids (D codes per cell) to (N, 32, 32, 3) uint8 images.
 """
 
 from __future__ import annotations
@@ -33,15 +33,20 @@ class TokenDecoder:
     model: InverseCNN | None = None  # kind "cnn"
     palette: torch.Tensor | None = None  # kind "palette": (K, 3) RGB in [0, 1], de-standardised
 
+    @property
+    def codes_per_cell(self) -> int:
+        return self.model.config.codes_per_cell if self.model is not None else 1
+
     def decode(
         self, tokens: np.ndarray, batch_size: int = 500, device: torch.device | str = "cpu", precision: str = "fp32"
     ) -> np.ndarray:
-        """(N, g*g) integer tokens -> (N, 32, 32, 3) uint8 images (`precision` bf16 or fp16: autocast)."""
+        """(N, g*g*D) integer tokens -> (N, 32, 32, 3) uint8 images (`precision` bf16 or fp16: autocast)."""
         tokens = np.asarray(tokens)
-        if tokens.ndim != 2 or tokens.shape[1] != self.grid * self.grid:
+        length = self.grid * self.grid * self.codes_per_cell
+        if tokens.ndim != 2 or tokens.shape[1] != length:
             raise PipelineError(
-                f"tokens of shape {tokens.shape} do not fit this {self.kind} decoder: it expects "
-                f"(N, {self.grid * self.grid}) for a {self.grid}x{self.grid} grid; decoder and tokens come from different runs"
+                f"tokens of shape {tokens.shape} do not fit this {self.kind} decoder: it expects (N, {length}) for a "
+                f"{self.grid}x{self.grid} grid of {self.codes_per_cell} code(s) per cell; decoder and tokens come from different runs"
             )
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.k):
             raise PipelineError(f"token ids must lie in 0..{self.k - 1}, got {tokens.min()}..{tokens.max()}")

@@ -1,10 +1,11 @@
 """The codebook stage's outputs, tokens.h5 and codebook.safetensors: their contracts, writers and readers.
 
-tokens.h5: `train/tokens` uint16 (N, H*W) raster order, `train/labels` uint8 (N,), the same under `val/`,
-`test/` and (with extract.flip) `train_flip/` (the mirrored train images, row for row);
-attrs `k`, `grid_h`, `grid_w`, `n_classes`, `classes`, `encoder`, `feature_dim`, `codebook_sha256`.
-codebook.safetensors: tensor `centroids` float32 (K, C) in the (standardised) feature space; metadata
-`codebook`: a JSON object saying how it was made.
+tokens.h5: `train/tokens` uint16 (N, H*W*D) raster order, the D codes of a cell adjacent, `train/labels` uint8
+(N,), the same under `val/`, `test/` and (with extract.flip) `train_flip/` (the mirrored train images, row for
+row); attrs `k` (the token vocabulary), `codes_per_cell` (D; absent: 1), `grid_h`, `grid_w`, `n_classes`,
+`classes`, `encoder`, `feature_dim`, `codebook_sha256`. D > 1 is residual quantisation (tokenizer/residual.py).
+codebook.safetensors: tensor `centroids` float32 (K, C) in the (standardised) feature space, token i's vector
+(a cell is the sum of its D tokens' vectors); metadata `codebook`: a JSON object saying how it was made.
 
 `codebook_sha256` (of the centroids' values, see `centroids_sha256`) is carried by everything made from
 a codebook (tokens, decoder, GPT), so artifacts from different codebooks are never silently combined.
@@ -40,10 +41,16 @@ class TokenMeta:
     encoder: str
     feature_dim: int
     codebook_sha256: str
+    codes_per_cell: int = 1
+
+    @property
+    def row_len(self) -> int:
+        """Tokens per grid row: the GPT's grid is grid_h x row_len."""
+        return self.grid_w * self.codes_per_cell
 
     @property
     def seq_len(self) -> int:
-        return self.grid_h * self.grid_w
+        return self.grid_h * self.row_len
 
 
 @dataclass(frozen=True)
@@ -62,10 +69,10 @@ def read_meta(path: str | Path) -> TokenMeta:
         classes = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in np.atleast_1d(a["classes"]))
         meta = TokenMeta(
             int(a["k"]), int(a["grid_h"]), int(a["grid_w"]), int(a["n_classes"]), classes, str(a["encoder"]),
-            int(a["feature_dim"]), str(a["codebook_sha256"]),
+            int(a["feature_dim"]), str(a["codebook_sha256"]), int(a.get("codes_per_cell", 1)),
         )
-    if min(meta.k, meta.grid_h, meta.grid_w, meta.n_classes) < 1:
-        raise PipelineError(f"{path}: attrs k/grid_h/grid_w/n_classes must be >= 1, got {meta}; {FIX}")
+    if min(meta.k, meta.grid_h, meta.grid_w, meta.n_classes, meta.codes_per_cell) < 1:
+        raise PipelineError(f"{path}: attrs k/grid_h/grid_w/n_classes/codes_per_cell must be >= 1, got {meta}; {FIX}")
     return meta
 
 
@@ -80,7 +87,8 @@ def read_split(path: str | Path, split: str, meta: TokenMeta | None = None) -> T
     where = f"{path}:{split}"
     if tokens.dtype != np.uint16 or tokens.ndim != 2 or tokens.shape[1] != meta.seq_len:
         raise PipelineError(
-            f"{where}/tokens: expected uint16 (N, {meta.seq_len}) for grid {meta.grid_h}x{meta.grid_w}, "
+            f"{where}/tokens: expected uint16 (N, {meta.seq_len}) for grid {meta.grid_h}x{meta.grid_w} x "
+            f"{meta.codes_per_cell} code(s) per cell, "
             f"got {tokens.dtype} {tokens.shape}; {FIX}"
         )
     if labels.shape != (len(tokens),):
@@ -105,7 +113,7 @@ def check_aligned(split: TokenSplit, images: np.ndarray, labels: np.ndarray, tok
 
 def check_compatible(cfg, meta: TokenMeta, model_source: str, tokens_source: str) -> None:
     """A model (GPTConfig) must share the token file's vocabulary and grid."""
-    want = {"k": meta.k, "grid_h": meta.grid_h, "grid_w": meta.grid_w, "n_classes": meta.n_classes}
+    want = {"k": meta.k, "grid_h": meta.grid_h, "grid_w": meta.row_len, "n_classes": meta.n_classes}
     got = {key: getattr(cfg, key) for key in want}
     if got != want:
         diff = ", ".join(f"{k}: model {got[k]} vs tokens {want[k]}" for k in want if got[k] != want[k])
@@ -156,7 +164,7 @@ def load_codebook(path: str | Path) -> np.ndarray:
 
 
 def write_tokens(path: str | Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], attrs: dict) -> None:
-    """tokens.h5: <split>/tokens uint16 (N, H*W) raster order and <split>/labels uint8, plus attrs."""
+    """tokens.h5: <split>/tokens uint16 (N, H*W*D) raster order and <split>/labels uint8, plus attrs."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for split, (tokens, labels) in splits.items():
             g = f.create_group(split)

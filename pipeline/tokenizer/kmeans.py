@@ -150,10 +150,15 @@ def feature_centroids(sample: np.ndarray, search_centroids: np.ndarray, space: S
     """
     if space.pca is None:
         return space.back_project(search_centroids)
-    index = _flat_index(search_centroids.shape[1], gpu)
-    index.add(np.ascontiguousarray(search_centroids, dtype=np.float32))
-    _, nearest = index.search(space(sample), 1)
-    return cluster_means(sample, nearest.ravel(), len(search_centroids), space.back_project(search_centroids))
+    codes = nearest(space(sample), search_centroids, gpu)
+    return cluster_means(sample, codes, len(search_centroids), space.back_project(search_centroids))
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> np.ndarray:
+    """int64 (n,): the index of the nearest of `centroids` (K, d) for each row of `x` (n, d), in memory."""
+    index = _flat_index(centroids.shape[1], gpu)
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return index.search(np.ascontiguousarray(x, dtype=np.float32), 1)[1].ravel()
 
 
 def use_faiss_gpu(device: str) -> bool:
@@ -262,12 +267,14 @@ def fit_kmeans(
     return KMeansResult(np.ascontiguousarray(km.centroids, dtype=np.float32), objective, n_fit, seconds, gpu)
 
 
-def assign(features, centroids: np.ndarray, gpu: bool = False, desc: str = "",
-           space: SearchSpace | None = None) -> Assignment:  # fmt: skip
+def assign(features, centroids: np.ndarray, gpu: bool = False, desc: str = "", space: SearchSpace | None = None,
+           previous: list[tuple[np.ndarray, np.ndarray]] = ()) -> Assignment:  # fmt: skip
     """Nearest centroid of every grid cell of an (N, H, W, C) array or h5 dataset, batch by batch.
 
     With a `space`, "nearest" is measured between the mapped features and mapped centroids (layer weights,
-    PCA); the errors are always measured in the feature space.
+    PCA); the errors are always measured in the feature space. With `previous` codebooks and their (N, H*W)
+    tokens (residual quantisation), what gets quantised is each cell's residual, the features minus its
+    previous centroids; the errors are then of the sum of all centroids, the variance still of the features.
     """
     n, h, w, c = features.shape
     k = len(centroids)
@@ -282,12 +289,13 @@ def assign(features, centroids: np.ndarray, gpu: bool = False, desc: str = "",
     t0 = time.perf_counter()
     for start, block in iter_batches(features, _images_per_batch(features), desc=desc):
         flat = block.reshape(-1, c)
-        _, nearest = index.search(space(flat), 1)
-        nearest = nearest.ravel()
-        tokens[start : start + len(block)] = nearest.reshape(len(block), h * w)
+        target = flat - sum(codes[t[start : start + len(block)].ravel()] for codes, t in previous) if previous else flat
+        _, found = index.search(space(target), 1)
+        found = found.ravel()
+        tokens[start : start + len(block)] = found.reshape(len(block), h * w)
         # Exact residuals rather than FAISS's distances, which come from ||x||^2 - 2xc + ||c||^2 and
         # lose precision exactly when the error is near zero.
-        sse += np.square(flat - centroids[nearest], dtype=np.float64).sum(axis=0)
+        sse += np.square(target - centroids[found], dtype=np.float64).sum(axis=0)
         sum_sq += np.square(flat, dtype=np.float64).sum(axis=0)
         sum_x += flat.sum(axis=0, dtype=np.float64)
         count += len(flat)
