@@ -9,6 +9,13 @@ import sys
 from conftest import copy_run, run
 
 
+def test_tokenizer_ceiling_trains_the_decoder_on_the_unquantised_features(tiny_pipeline, tmp_path, torch_home):
+    repo = copy_run(tiny_pipeline[0], tmp_path / "repo")
+    out = run([sys.executable, "bench/bench_tokenizer_ceiling.py"], cwd=repo).stdout
+    psnr, ssim = map(float, re.search(r"val PSNR from the features \(no quantisation\): ([\d.]+) dB, SSIM ([\d.]+)", out).groups())
+    assert psnr > 0 and 0 < ssim <= 1
+
+
 def test_decoder_on_gpt_grids_trains_on_the_gpts_codes_and_scores_both_decoders(tiny_pipeline, tmp_path, torch_home):
     repo = copy_run(tiny_pipeline[0], tmp_path / "repo")
     out = run([sys.executable, "bench/bench_decoder_on_gpt_grids.py", "--fraction", "0.5"], cwd=repo).stdout
