@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 
+import numpy as np
+
 from conftest import copy_run, run
+from pipeline.gpt.sampling import read_token_grids
 
 
 def test_tokenizer_ceiling_trains_the_decoder_on_the_unquantised_features(tiny_pipeline, tmp_path, torch_home):
@@ -33,3 +37,18 @@ def test_score_samples_scores_the_sample_stage_output_as_the_evaluate_stage_did(
     evaluated = json.loads((repo / "metrics" / "eval.json").read_text())
     for key in ("samples", "floor_test_images", "reference_train_images", "inception", "evaluator"):
         assert scored[key] == evaluated[key], key
+
+
+def test_sample_grids_draws_the_sample_stages_grids_without_a_decoder_and_the_evaluate_stages_test_nll(tiny_pipeline, tmp_path):
+    repo = copy_run(tiny_pipeline[0], tmp_path / "repo")
+    shutil.rmtree(repo / "data" / "models" / "decoder")  # what a lent GPU has: the GPT and the token file
+    run([sys.executable, "tools/sample_grids.py", "grids", "--name", "tiny", "--seeds", "0,1"], cwd=repo)
+    stage_tokens, stage_labels = read_token_grids(repo / "data" / "samples" / "samples.h5")  # sample.seed 0
+    seed0, seed1 = (read_token_grids(repo / "grids" / f"tiny_n{len(stage_labels)}_s{s}.npz") for s in (0, 1))
+    np.testing.assert_array_equal(seed0[0], stage_tokens)
+    np.testing.assert_array_equal(seed0[1], stage_labels)
+    np.testing.assert_array_equal(seed1[1], stage_labels)
+    assert not np.array_equal(seed1[0], stage_tokens)
+    evaluated = json.loads((repo / "metrics" / "eval.json").read_text())["gpt"]
+    nll = json.loads((repo / "grids" / "tiny_test_nll.json").read_text())
+    assert nll["test_nll"] == evaluated["test_nll"] and nll["test_bits_per_image"] == evaluated["test_bits_per_image"]
