@@ -28,7 +28,7 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     from pipeline.core.atomic import write_json
     from pipeline.core.errors import PipelineError
     from pipeline.core.plots import write_csv
-    from pipeline.core.runtime import resolve_device, resolve_precision
+    from pipeline.core.runtime import resolve_device
     from pipeline.data import cifar10
     from pipeline.evaluation.classifier import evaluator_label, load_evaluator
     from pipeline.evaluation.distribution import sample_quality
@@ -49,10 +49,7 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     tok.check_same_codebook({
         str(GPT_DIR): gpt_config.get("codebook_sha256"), str(DECODER_DIR): decoder_config.get("codebook_sha256"),
     }, str(TOKENS), meta)  # fmt: skip
-    # the train section's precision resolved here, as training resolved it for its per-epoch test NLL
-    precision = resolve_precision(gpt_config.get("train", {}).get("precision", "fp32"), device, "train.precision")
-    nll = likelihood.mean_nll(model, test, p.batch_size, device, precision)
-    gpt = {**likelihood.nll_metrics(nll, meta.seq_len, "test"), "precision": precision}
+    gpt = likelihood.saved_model_metrics(model, gpt_config, test, "test", p.batch_size, device)
     gpt.update(likelihood.unigram_baselines(train.tokens, test.tokens, meta.k))
     del model
 

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from pipeline.core.artifacts import read_model_config  # noqa: E402
 from pipeline.core.atomic import atomic_path, write_json  # noqa: E402
-from pipeline.core.runtime import resolve_device, resolve_precision  # noqa: E402
+from pipeline.core.runtime import resolve_device  # noqa: E402
 from pipeline.gpt import likelihood, sampling  # noqa: E402
 from pipeline.gpt.model import load_gpt  # noqa: E402
 from pipeline.params import DEFAULT_PARAMS, load_params  # noqa: E402
@@ -58,13 +58,11 @@ def main() -> None:
             np.savez(f, tokens=tokens, labels=labels)
         print(f"{path}: {len(labels)} grids, sample seed {seed}, {time.perf_counter() - t0:.1f} s on {device}", flush=True)
 
-    # the precision training resolved for its per-epoch NLL, as the evaluate stage resolves it
-    train_precision = read_model_config(GPT_DIR, "train").get("train", {}).get("precision", "fp32")
-    precision = resolve_precision(train_precision, device, "train.precision")
-    nll = likelihood.mean_nll(model, tok.read_split(TOKENS, "test", meta), params.evaluate.batch_size, device, precision)
+    config, test = read_model_config(GPT_DIR, "train"), tok.read_split(TOKENS, "test", meta)
+    nll = likelihood.saved_model_metrics(model, config, test, "test", params.evaluate.batch_size, device)
     nll_path = args.out / f"{args.name}_test_nll.json"
-    write_json(nll_path, {**likelihood.nll_metrics(nll, meta.seq_len, "test"), "precision": precision})
-    print(f"{nll_path}: test {nll:.4f} nats/token ({precision})")
+    write_json(nll_path, nll)
+    print(f"{nll_path}: test {nll['test_nll']:.4f} nats/token ({nll['precision']})")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.core.runtime import autocast
+from pipeline.core.runtime import autocast, resolve_precision
 from pipeline.gpt.model import GPT, training_inputs
 from pipeline.tokenizer.files import TokenSplit
 
@@ -50,6 +50,15 @@ def mean_nll(model: GPT, split: TokenSplit, batch_size: int, device: torch.devic
         dist.all_reduce(sums)
         total, count = sums.tolist()
     return total / count
+
+
+def saved_model_metrics(model: GPT, config: dict, split: TokenSplit, name: str, batch_size: int,
+                        device: torch.device) -> dict[str, float | str]:  # fmt: skip
+    """A saved GPT's NLL on `split` (nll_metrics + "precision"), at the precision its training resolved for its
+    per-epoch NLL: the train section recorded in its model folder's `config`, resolved for `device`."""
+    precision = resolve_precision(config.get("train", {}).get("precision", "fp32"), device, "train.precision")
+    nll = mean_nll(model, split, batch_size, device, precision)
+    return {**nll_metrics(nll, split.tokens.shape[1], name), "precision": precision}
 
 
 def _counts(tokens: torch.Tensor | np.ndarray, k: int) -> np.ndarray:
