@@ -27,16 +27,15 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from bench_gpt import train_steps  # noqa: E402
-from bench_gpt_step import run_config  # noqa: E402
-from pipeline.core.runtime import describe_cpu, resolve_device, resolve_precision  # noqa: E402
-from pipeline.gpt import sampling  # noqa: E402
-from pipeline.gpt.model import GPT  # noqa: E402
-from pipeline.gpt.training import model_config  # noqa: E402
-from pipeline.params import load_cpu_preset, load_params  # noqa: E402
-from pipeline.tokenizer.files import TokenMeta  # noqa: E402
+from bench_gpt import train_steps
+from bench_gpt_step import run_config
+from pipeline.core.runtime import describe_cpu, resolve_device, resolve_precision
+from pipeline.gpt import sampling
+from pipeline.gpt.model import GPT
+from pipeline.gpt.training import model_config
+from pipeline.params import load_cpu_preset, load_params
+from pipeline.tokenizer.files import TokenMeta
 
 VARIANTS = {  # name: train.* overrides of the benchmarked params
     "full (default)": {},

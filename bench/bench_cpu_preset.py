@@ -36,26 +36,25 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pipeline.core.images import to_float_nchw  # noqa: E402
-from pipeline.core.runtime import (  # noqa: E402
+from pipeline.core.images import to_float_nchw
+from pipeline.core.runtime import (
     describe_cpu, grad_scaler, resolve_compile, resolve_feature_precision, resolve_precision,
 )
-from pipeline.data.cifar10 import Split  # noqa: E402
-from pipeline.evaluation import inception  # noqa: E402
-from pipeline.features.encoders import build_encoder  # noqa: E402
-from pipeline.features.extract import extract_spec, has_convs, write_features  # noqa: E402
-from pipeline.gpt.likelihood import mean_nll  # noqa: E402
-from pipeline.gpt.model import GPT, training_inputs  # noqa: E402
-from pipeline.gpt.step import train_step  # noqa: E402
-from pipeline.gpt.training import model_config  # noqa: E402
-from pipeline.features.extract import grid_features  # noqa: E402
-from pipeline.params import Params, load_cpu_preset  # noqa: E402
-from pipeline.tokenizer import decoder_training as dt  # noqa: E402
-from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN  # noqa: E402
-from pipeline.tokenizer.decoding import TokenDecoder  # noqa: E402
-from pipeline.tokenizer.files import TokenMeta, TokenSplit  # noqa: E402
+from pipeline.data.cifar10 import Split
+from pipeline.evaluation import inception
+from pipeline.features.encoders import build_encoder
+from pipeline.features.extract import extract_spec, has_convs, write_features
+from pipeline.gpt.likelihood import mean_nll
+from pipeline.gpt.model import GPT, training_inputs
+from pipeline.gpt.step import train_step
+from pipeline.gpt.training import model_config
+from pipeline.features.extract import grid_features
+from pipeline.params import Params, load_cpu_preset
+from pipeline.tokenizer import decoder_training as dt
+from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
+from pipeline.tokenizer.decoding import TokenDecoder
+from pipeline.tokenizer.files import TokenMeta, TokenSplit
 
 N_CIFAR_TRAIN, N_TEST = 50_000, 10_000
 

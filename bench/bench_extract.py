@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from torch.fx.experimental.optimization import fuse
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from pipeline.data import cifar10  # noqa: E402
+from pipeline.data import cifar10
 from pipeline.core.atomic import atomic_path
 from pipeline.evaluation.classifier import classify
 from pipeline.features.encoders import build_encoder
@@ -36,7 +35,7 @@ from pipeline.features.extract import (
 from pipeline.params import load_params
 from pipeline.core.runtime import autocast, resolve_device, resolve_precision
 from stages import setup_logging
-from stages.paths import RAW
+from pipeline.paths import RAW
 
 
 def baseline(target: Path, encoder, splits, spec: GridSpec, device, batch_size: int = 500) -> None:

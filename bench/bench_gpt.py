@@ -28,15 +28,14 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pipeline.gpt import model as gpt  # noqa: E402
-from pipeline.core.runtime import grad_scaler, resolve_precision  # noqa: E402
-from pipeline.gpt.model import GPT, GPTConfig, training_inputs  # noqa: E402
-from pipeline.gpt.step import train_step  # noqa: E402
-from pipeline.gpt.training import model_config  # noqa: E402
-from pipeline.params import load_cpu_preset  # noqa: E402
-from pipeline.tokenizer.files import TokenMeta  # noqa: E402
+from pipeline.gpt import model as gpt
+from pipeline.core.runtime import grad_scaler, resolve_precision
+from pipeline.gpt.model import GPT, GPTConfig, training_inputs
+from pipeline.gpt.step import train_step
+from pipeline.gpt.training import model_config
+from pipeline.params import load_cpu_preset
+from pipeline.tokenizer.files import TokenMeta
 
 N_TRAIN = 50_000
 

@@ -35,11 +35,10 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pipeline.core.runtime import grad_scaler, resolve_compile, resolve_precision  # noqa: E402
-from pipeline.gpt.model import GPT, GPTConfig, training_inputs  # noqa: E402
-from pipeline.gpt.step import train_step  # noqa: E402
+from pipeline.core.runtime import grad_scaler, resolve_compile, resolve_precision
+from pipeline.gpt.model import GPT, GPTConfig, training_inputs
+from pipeline.gpt.step import train_step
 
 CONFIGS = ["host-eager", "eager-fused", "compiled", "graphs", "stage"]
 POSTFIX_EVERY = 10  # the trainer's progress-bar read-back interval (pipeline/gpt/training.py)

@@ -30,14 +30,13 @@ from pathlib import Path
 # FAISS's OpenMP threads busy-wait by default; libgomp reads this once, before faiss or torch load it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
+import h5py
+import numpy as np
+from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.tokenizer import kmeans as cb  # noqa: E402
+from pipeline.tokenizer import kmeans as cb
 
-import faiss  # noqa: E402
+import faiss
 
 
 def load_vectors(features: Path, n: int, dim: int, seed: int) -> tuple[np.ndarray, str]:

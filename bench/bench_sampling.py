@@ -27,18 +27,17 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pipeline.gpt import sampling  # noqa: E402
-from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN  # noqa: E402
-from pipeline.features.encoders import build_encoder  # noqa: E402
-from pipeline.features.extract import extract_spec, grid_features  # noqa: E402
-from pipeline.gpt.model import GPT  # noqa: E402
-from pipeline.gpt.training import model_config  # noqa: E402
-from pipeline.params import Params, load_cpu_preset, load_params  # noqa: E402
-from pipeline.core.runtime import resolve_device  # noqa: E402
-from pipeline.tokenizer.decoding import PALETTE_GRID, TokenDecoder  # noqa: E402
-from pipeline.tokenizer.files import TokenMeta  # noqa: E402
+from pipeline.gpt import sampling
+from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
+from pipeline.features.encoders import build_encoder
+from pipeline.features.extract import extract_spec, grid_features
+from pipeline.gpt.model import GPT
+from pipeline.gpt.training import model_config
+from pipeline.params import Params, load_cpu_preset, load_params
+from pipeline.core.runtime import resolve_device
+from pipeline.tokenizer.decoding import PALETTE_GRID, TokenDecoder
+from pipeline.tokenizer.files import TokenMeta
 
 DEFAULT_CPU_RATIO_IMAGES = 100
 

@@ -16,7 +16,7 @@ from pathlib import Path  # noqa: E402
 import typer  # noqa: E402
 
 from pipeline.core.atomic import remove_stale_temps_under  # noqa: E402
-from stages.paths import OUTPUT_ROOTS  # noqa: E402
+from pipeline.paths import OUTPUT_ROOTS  # noqa: E402
 
 app = typer.Typer(
     help="CNN-token image GPT on CIFAR-10. Each sub-command is one DVC stage (see dvc.yaml).",

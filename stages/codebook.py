@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from stages import PARAMS_OPTION, app
-from stages.paths import CODEBOOK, FEATURES, METRICS, PLOTS, TOKENS
+from pipeline.paths import CODEBOOK, FEATURES, METRICS, PLOTS, TOKENS
 
 log = logging.getLogger(__name__)
 

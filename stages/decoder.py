@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from stages import PARAMS_OPTION, app
-from stages.paths import CODEBOOK, DECODER_CHECKPOINTS, DECODER_DIR, FEATURES, METRICS, PLOTS, RAW, TOKENS
+from pipeline.paths import CODEBOOK, DECODER_CHECKPOINTS, DECODER_DIR, FEATURES, METRICS, PLOTS, RAW, TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
     from pipeline.params import load_params
     from pipeline.tokenizer import decoder_training as dt
     from pipeline.tokenizer.decoding import load_token_decoder, save_cnn_decoder, save_palette_decoder
-    from stages.hints import slow_cpu_hint
+    from pipeline.hints import slow_cpu_hint
 
     p = load_params(params).decoder
     inputs = dt.load_inputs(TOKENS, CODEBOOK, FEATURES, RAW)

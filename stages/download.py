@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 
 from stages import PARAMS_OPTION, app
-from stages.paths import RAW
+from pipeline.paths import RAW
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from stages import PARAMS_OPTION, app
-from stages.paths import DECODER_DIR, GPT_DIR, METRICS, PLOTS, RAW, REFERENCE, SAMPLES, TOKENS
+from pipeline.paths import DECODER_DIR, GPT_DIR, METRICS, PLOTS, RAW, REFERENCE, SAMPLES, TOKENS
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 
 from stages import PARAMS_OPTION, app
-from stages.paths import FEATURES, RAW
+from pipeline.paths import FEATURES, RAW
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from stages import PARAMS_OPTION, app
-from stages.paths import DECODER_DIR, METRICS, RAW, REFERENCE, TOKENS
+from pipeline.paths import DECODER_DIR, METRICS, RAW, REFERENCE, TOKENS
 
 log = logging.getLogger(__name__)
 

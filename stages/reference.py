@@ -2,7 +2,7 @@
 
 Depends on the raw images and the Inception code only, so no change downstream ever recomputes it.
 metrics/reference.json records the floor at full size: FID of the reference test images against the
-train statistics (bench/bench_fid_reference.py validates it against the published value).
+train statistics (studies/fid_reference.py validates it against the published value).
 """
 
 import logging
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from stages import PARAMS_OPTION, app
-from stages.paths import METRICS, RAW, REFERENCE
+from pipeline.paths import METRICS, RAW, REFERENCE
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def reference(params: Path = PARAMS_OPTION) -> None:
     from pipeline.evaluation import inception
     from pipeline.evaluation.reference import build_reference, description, fid_to, write_reference
     from pipeline.params import load_params
-    from stages.hints import slow_cpu_hint
+    from pipeline.hints import slow_cpu_hint
 
     p = load_params(params).reference
     device = resolve_device(p.device)

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from stages import PARAMS_OPTION, app
-from stages.paths import DECODER_DIR, GPT_DIR, PLOTS, SAMPLE_GRID, SAMPLES, TOKENS
+from pipeline.paths import DECODER_DIR, GPT_DIR, PLOTS, SAMPLE_GRID, SAMPLES, TOKENS
 
 log = logging.getLogger(__name__)
 

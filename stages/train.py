@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from stages import PARAMS_OPTION, app
-from stages.paths import GPT_CHECKPOINTS, GPT_DIR, METRICS, PLOTS, TOKENS
+from pipeline.paths import GPT_CHECKPOINTS, GPT_DIR, METRICS, PLOTS, TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def train(params: Path = PARAMS_OPTION) -> None:
     from pipeline.core.runtime import resolve_precision
     from pipeline.gpt.training import TrainPaths, distributed, train as train_gpt
     from pipeline.params import load_params
-    from stages.hints import slow_cpu_hint
+    from pipeline.hints import slow_cpu_hint
 
     p = load_params(params).train
     paths = TrainPaths(TOKENS, GPT_DIR, GPT_CHECKPOINTS, METRICS / "train.json", PLOTS)

@@ -16,7 +16,7 @@ from pipeline.tokenizer.files import centroids_sha256, write_tokens
 from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
 from pipeline.gpt.model import GPT, GPTConfig, save_gpt
 from pipeline.tokenizer.decoding import save_cnn_decoder
-from stages.paths import DECODER_DIR, GPT_DIR, RAW, TOKENS
+from pipeline.paths import DECODER_DIR, GPT_DIR, RAW, TOKENS
 
 K, GRID, DIM = 16, 4, 8
 CLASSES = tuple(cifar10.CLASSES)

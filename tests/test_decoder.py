@@ -316,7 +316,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch, repo_params, torch_home, kind):
     import yaml
 
     from stages import decoder as stage
-    from stages.paths import CODEBOOK, DECODER_CHECKPOINTS, FEATURES, RAW, TOKENS
+    from pipeline.paths import CODEBOOK, DECODER_CHECKPOINTS, FEATURES, RAW, TOKENS
 
     monkeypatch.chdir(tmp_path)
     if kind == "cnn":  # real ResNet-20 layers 1-3 give 16 + 32 + 64 = 112 channels

@@ -26,7 +26,7 @@ from pipeline.evaluation.feature_stats import Gaussian
 from pipeline.evaluation.reference import Reference, description, read_reference
 from pipeline.tokenizer.files import TokenSplit
 from sample_world import K, tiny_gpt, write_world
-from stages.paths import METRICS, PLOTS, RAW, REFERENCE
+from pipeline.paths import METRICS, PLOTS, RAW, REFERENCE
 from test_sample import run_sample
 
 N_TRAIN, N_TEST = 60, 40  # the raw images of write_world

@@ -188,7 +188,7 @@ def test_stage_cli_writes_features_and_reports_bad_params(raw, tmp_path, monkeyp
     import yaml
 
     from stages import app, extract as _  # noqa: F401  (registers the command)
-    from stages.paths import FEATURES, RAW
+    from pipeline.paths import FEATURES, RAW
 
     monkeypatch.chdir(tmp_path)
     RAW.parent.mkdir(parents=True)

@@ -1,6 +1,6 @@
 """The notebook front door runs headlessly (nbclient) on the tiny profile, as a user would run it.
 
-PRESET is set to "cpu", so the run also goes through `make repro`'s CPU path (tools/repro.py ->
+PRESET is set to "cpu", so the run also goes through `make repro`'s CPU path (repro.py ->
 `dvc exp run -S ...` with presets/cpu.args on top of the tiny params): DVC must record the preset's
 values as the params that made the outputs.
 """

@@ -44,7 +44,7 @@ from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
 from pipeline.tokenizer.decoding import load_token_decoder, save_cnn_decoder
 from sample_world import gpt_config, tiny_gpt
 from stages.__main__ import main as cli_main
-from stages.paths import GPT_CHECKPOINTS, OUTPUT_ROOTS, RAW, TOKENS
+from pipeline.paths import GPT_CHECKPOINTS, OUTPUT_ROOTS, RAW, TOKENS
 from test_codebook import CENTERS, blob_grids, write_features
 from test_train import write_tokens
 

@@ -22,7 +22,7 @@ from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder
 from pipeline.tokenizer.files import TokenMeta
 from sample_world import CLASSES, DIM, GRID, K, tiny_gpt, write_world
 from conftest import REPO
-from stages.paths import DECODER_DIR, PLOTS, SAMPLE_GRID, SAMPLES
+from pipeline.paths import DECODER_DIR, PLOTS, SAMPLE_GRID, SAMPLES
 from stages.sample import sample
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: pipeline/ and stages/ live here
 PACKAGES = ("pipeline", "stages")
-CLI_FILES = {"stages/__init__.py", "stages/paths.py", "pipeline/__init__.py"}  # every stage's shared entry
+CLI_FILES = {"stages/__init__.py", "pipeline/__init__.py", "pipeline/paths.py"}  # every stage's shared entry
 
 
 def sha256_file(path: str | Path, block: int = 1 << 20) -> str:

@@ -78,7 +78,7 @@ def teacher_forced_tokens(model: GPT, tokens: np.ndarray, labels: np.ndarray | N
     """What the sampler writes at each cell of the given grids when every cell before it is the true one:
     uint16 (N, H*W), drawn like `sample_tokens` (p's temperature, top-k, top-p and guidance; one generator
     seeded with p.seed). Where it differs from `tokens` are the GPT's own mistakes, which a decoder can be
-    trained on (bench/bench_decoder_on_gpt_grids.py). `labels`: the grids' classes (conditional models)."""
+    trained on (studies/decoder_on_gpt_grids.py). `labels`: the grids' classes (conditional models)."""
     cfg, device = model.cfg, next(model.parameters()).device
     if cfg.conditional and labels is None:
         raise ValueError("a conditional model needs the grids' labels")

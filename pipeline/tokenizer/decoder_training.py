@@ -208,7 +208,7 @@ def perturb_tokens(tokens: torch.Tensor, fraction: float, k: int, seed: int, ste
 def training_step(model: InverseCNN, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                   grid: torch.Tensor, target: torch.Tensor, loss_fn: Callable, precision: str) -> torch.Tensor:
     """One update on a batch of input grids (N, C, g, g) and their original images (float NCHW); the detached
-    loss. The stage's grids are centroids (`model.embed(tokens)`); bench_tokenizer_ceiling's are the features."""
+    loss. The stage's grids are centroids (`model.embed(tokens)`); tokenizer_ceiling's are the features."""
     with autocast(target.device, precision):
         loss = loss_fn(model(grid).float(), target)
     optimizer.zero_grad(set_to_none=True)

@@ -1,6 +1,6 @@
 """Score token grids generated elsewhere (another machine, a study) the way the evaluate stage scores samples.
 
-    python tools/score_samples.py RUN.npz|samples.h5 [...] [--out scores.json] [--params params.yaml]
+    python studies/score_samples.py RUN.npz|samples.h5 [...] [--out scores.json] [--params params.yaml]
 
 Each run is a sample stage's samples.h5 or an .npz holding `tokens` (uint16 (N, H*W)) and `labels` (uint8
 (N,), conditional samples) from `pipeline.gpt.sampling.sample_tokens`. They are decoded by this checkout's decoder (data/models/decoder)
@@ -22,18 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the project root
 
-from pipeline.core.atomic import write_json  # noqa: E402
-from pipeline.core.runtime import resolve_device  # noqa: E402
-from pipeline.data import cifar10  # noqa: E402
-from pipeline.evaluation.classifier import load_evaluator  # noqa: E402
-from pipeline.evaluation.distribution import sample_quality  # noqa: E402
-from pipeline.evaluation.reference import Reference, description, read_reference  # noqa: E402
-from pipeline.gpt.sampling import read_token_grids, sample_set_name  # noqa: E402
-from pipeline.params import DEFAULT_PARAMS, EvaluateParams, load_params  # noqa: E402
-from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder  # noqa: E402
-from stages.paths import DECODER_DIR, RAW, REFERENCE  # noqa: E402
+from pipeline.core.atomic import write_json
+from pipeline.core.runtime import resolve_device
+from pipeline.data import cifar10
+from pipeline.evaluation.classifier import load_evaluator
+from pipeline.evaluation.distribution import sample_quality
+from pipeline.evaluation.reference import Reference, description, read_reference
+from pipeline.gpt.sampling import read_token_grids, sample_set_name
+from pipeline.params import DEFAULT_PARAMS, EvaluateParams, load_params
+from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder
+from pipeline.paths import DECODER_DIR, RAW, REFERENCE
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """Sample token grids from the trained GPT without decoding them, for a machine that has the GPT and the token
 file but not the images or the decoder (a lent GPU: CIFAR-10 does not travel there, the token file does).
 
-    python tools/sample_grids.py OUT_DIR [--name NAME] [--seeds 0,1,2,3,4] [--n-per-class N] [--params params.yaml]
+    python studies/sample_grids.py OUT_DIR [--name NAME] [--seeds 0,1,2,3,4] [--n-per-class N] [--params params.yaml]
 
 For each seed: OUT_DIR/NAME_nN_sSEED.npz with `tokens` (uint16 (N, H*W)) and `labels` (uint8 (N,)), the grids the
 sample stage draws with sample.seed = SEED and sample.n_per_class = N (the other sample params from --params);
-score them with tools/score_samples.py where the decoder and the images are. Also OUT_DIR/NAME_test_nll.json:
+score them with studies/score_samples.py where the decoder and the images are. Also OUT_DIR/NAME_test_nll.json:
 the GPT's test NLL exactly as the evaluate stage computes it (evaluate.batch_size, the training precision).
 Run it from the project root after the train stage.
 """
@@ -17,18 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the project root
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from pipeline.core.artifacts import read_model_config  # noqa: E402
-from pipeline.core.atomic import atomic_path, write_json  # noqa: E402
-from pipeline.core.runtime import resolve_device  # noqa: E402
-from pipeline.gpt import likelihood, sampling  # noqa: E402
-from pipeline.gpt.model import load_gpt  # noqa: E402
-from pipeline.params import DEFAULT_PARAMS, load_params  # noqa: E402
-from pipeline.tokenizer import files as tok  # noqa: E402
-from stages.paths import GPT_DIR, TOKENS  # noqa: E402
+from pipeline.core.artifacts import read_model_config
+from pipeline.core.atomic import atomic_path, write_json
+from pipeline.core.runtime import resolve_device
+from pipeline.gpt import likelihood, sampling
+from pipeline.gpt.model import load_gpt
+from pipeline.params import DEFAULT_PARAMS, load_params
+from pipeline.tokenizer import files as tok
+from pipeline.paths import GPT_DIR, TOKENS
 
 
 def main() -> None:

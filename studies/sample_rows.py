@@ -1,8 +1,8 @@
 """One row of samples per run, to compare studies by eye: PNG with the run names on the left.
 
-    python tools/sample_rows.py RUN.npz|samples.h5 [...] --png docs/study_samples.png [--per-class 1]
+    python studies/sample_rows.py RUN.npz|samples.h5 [...] --png docs/study_samples.png [--per-class 1]
 
-Each run is read as tools/score_samples.py reads it; a row shows the first `--per-class` samples of every
+Each run is read as studies/score_samples.py reads it; a row shows the first `--per-class` samples of every
 class, in class order (unconditional runs: the first samples), decoded by this checkout's decoder
 (data/models/decoder). Every run's samples come from the same sample.seed, so rows differ by the model only.
 """
@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the project root
 
-from pipeline.core.images import tile_rows  # noqa: E402
-from pipeline.core.plots import save_png  # noqa: E402
-from pipeline.gpt.sampling import GAP, grid_rows, read_token_grids, sample_set_name  # noqa: E402
-from pipeline.tokenizer.decoding import load_token_decoder  # noqa: E402
-from stages.paths import DECODER_DIR  # noqa: E402
+from pipeline.core.images import tile_rows
+from pipeline.core.plots import save_png
+from pipeline.gpt.sampling import GAP, grid_rows, read_token_grids, sample_set_name
+from pipeline.tokenizer.decoding import load_token_decoder
+from pipeline.paths import DECODER_DIR
 
 N_CLASSES = 10
 

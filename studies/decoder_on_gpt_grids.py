@@ -1,6 +1,6 @@
 """A decoder trained on the codes the GPT writes: does it decode the GPT's samples better?
 
-    python bench/bench_decoder_on_gpt_grids.py [--params params.yaml] [--fraction F]
+    python studies/decoder_on_gpt_grids.py [--params params.yaml] [--fraction F]
 
 Run from the project root after a whole run (`dvc exp run` or `dvc repro`). It reads the train stage's GPT,
 the decoder stage's inputs and decoder, the sample stage's samples.h5 and the reference stage's statistics.
@@ -12,7 +12,7 @@ It is `decoder.token_noise` with the GPT's own mistakes (plausible codes) in pla
 
 Printed: how often the GPT's teacher-forced pick is the true code; both decoders' val PSNR on the true val
 codes (the decoder stage's metric); the sample stage's token grids decoded by both and scored as the evaluate
-stage scores them (`tools/score_samples.py`: Inception FID/KID, class agreement). The same samples, two
+stage scores them (`studies/score_samples.py`: Inception FID/KID, class agreement). The same samples, two
 decoders: the difference is the decoder's.
 """
 
@@ -26,19 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the project root
 
-from pipeline.core.artifacts import read_model_config  # noqa: E402
-from pipeline.core.runtime import resolve_device, resolve_precision  # noqa: E402
-from pipeline.data import cifar10  # noqa: E402
-from pipeline.evaluation.reconstruction import pixel_metrics  # noqa: E402
-from pipeline.gpt import sampling  # noqa: E402
-from pipeline.gpt.model import load_gpt  # noqa: E402
-from pipeline.params import DEFAULT_PARAMS, load_params  # noqa: E402
-from pipeline.tokenizer import decoder_training as dt, files as token_files  # noqa: E402
-from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder  # noqa: E402
-from stages.paths import CODEBOOK, DECODER_DIR, FEATURES, GPT_DIR, RAW, SAMPLES, TOKENS  # noqa: E402
-from tools.score_samples import SampleScorer, summary  # noqa: E402
+from pipeline.core.artifacts import read_model_config
+from pipeline.core.runtime import resolve_device, resolve_precision
+from pipeline.data import cifar10
+from pipeline.evaluation.reconstruction import pixel_metrics
+from pipeline.gpt import sampling
+from pipeline.gpt.model import load_gpt
+from pipeline.params import DEFAULT_PARAMS, load_params
+from pipeline.tokenizer import decoder_training as dt, files as token_files
+from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder
+from pipeline.paths import CODEBOOK, DECODER_DIR, FEATURES, GPT_DIR, RAW, SAMPLES, TOKENS
+from score_samples import SampleScorer, summary
 
 
 def main() -> None:
@@ -71,7 +70,7 @@ def main() -> None:
     feature_loss = dt.build_feature_loss(inputs, device) if p.perceptual_weight > 0 else None
     with tempfile.TemporaryDirectory() as checkpoints:
         result = dt.train_decoder(p, replace(inputs, train_tokens=grids), Path(checkpoints), device, precision,
-                                  "bench_decoder_on_gpt_grids", feature_loss)  # fmt: skip
+                                  "decoder_on_gpt_grids", feature_loss)  # fmt: skip
     decoders = {
         "decoder stage": load_token_decoder(DECODER_DIR),
         f"trained with {100 * args.fraction:g} % GPT codes": TokenDecoder("cnn", inputs.grid, len(inputs.centroids), model=result.model),

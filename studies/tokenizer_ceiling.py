@@ -1,6 +1,6 @@
 """The quantisation lever's ceiling: the decoder trained on the features themselves instead of their centroids.
 
-    python bench/bench_tokenizer_ceiling.py [--params params.yaml]
+    python studies/tokenizer_ceiling.py [--params params.yaml]
 
 Run from the project root after `dvc repro decoder` (with the params under study, e.g. after the CPU preset's
 `dvc exp run`). It reads data/features/features.h5 (train and val), data/raw/cifar10.h5 and the decoder
@@ -25,18 +25,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the project root
 
-from pipeline.core.images import to_float_nchw, to_uint8  # noqa: E402
-from pipeline.core.runtime import adamw, grad_scaler, resolve_device, resolve_precision  # noqa: E402
-from pipeline.core.schedule import lr_at  # noqa: E402
-from pipeline.data import cifar10  # noqa: E402
-from pipeline.evaluation.reconstruction import pixel_metrics  # noqa: E402
-from pipeline.features.files import read_feature_info  # noqa: E402
-from pipeline.params import DEFAULT_PARAMS, load_params  # noqa: E402
-from pipeline.tokenizer import decoder_training as dt  # noqa: E402
-from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN  # noqa: E402
-from stages.paths import FEATURES, RAW  # noqa: E402
+from pipeline.core.images import to_float_nchw, to_uint8
+from pipeline.core.runtime import adamw, grad_scaler, resolve_device, resolve_precision
+from pipeline.core.schedule import lr_at
+from pipeline.data import cifar10
+from pipeline.evaluation.reconstruction import pixel_metrics
+from pipeline.features.files import read_feature_info
+from pipeline.params import DEFAULT_PARAMS, load_params
+from pipeline.tokenizer import decoder_training as dt
+from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
+from pipeline.paths import FEATURES, RAW
 
 
 def grids(features: np.ndarray, idx, device: torch.device) -> torch.Tensor:

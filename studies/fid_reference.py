@@ -1,6 +1,6 @@
 """Validation of the Inception backend: FID of the CIFAR-10 train images vs the test images, and its speed.
 
-    python bench/bench_fid_reference.py --source ../shared/data/cifar10/cifar10.npz [--precision fp32 bf16]
+    python studies/fid_reference.py --source ../shared/data/cifar10/cifar10.npz [--precision fp32 bf16]
                                         [--n-train N] [--n-test M] [--batch-size B] [--cache DIR]
 
 Computes Inception features (pipeline/evaluation/inception.py: the protocol the evaluate stage uses) of
@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from pipeline.core.atomic import write_bytes  # noqa: E402
-from pipeline.core.runtime import resolve_device  # noqa: E402
-from pipeline.data import cifar10  # noqa: E402
-from pipeline.evaluation import inception  # noqa: E402
-from pipeline.evaluation.feature_stats import frechet_distance, gaussian  # noqa: E402
+from pipeline.core.atomic import write_bytes
+from pipeline.core.runtime import resolve_device
+from pipeline.data import cifar10
+from pipeline.evaluation import inception
+from pipeline.evaluation.feature_stats import frechet_distance, gaussian
 
 REFERENCE_FID = 3.15  # CIFAR-10 train (50k) vs test (10k), pytorch-fid protocol (issue 11's anchor)
 TOLERANCE = 0.1

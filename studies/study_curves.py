@@ -1,6 +1,6 @@
 """Collect the validation curves of several train-stage runs into one CSV and one PNG (one line per run).
 
-    python tools/study_curves.py RUN_DIR [RUN_DIR ...] --csv docs/study.csv --png docs/study.png [--title T]
+    python studies/study_curves.py RUN_DIR [RUN_DIR ...] --csv docs/study.csv --png docs/study.png [--title T]
 
 Each RUN_DIR is a project folder the train stage ran in (plots/train_loss.csv, metrics/train.json), e.g.
 the runs of a study made on a lent GPU with the train stage and per-run params.yaml; its name labels the
@@ -17,10 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the project root
 
-from pipeline.core.atomic import write_bytes  # noqa: E402
-from pipeline.core.plots import save_png  # noqa: E402
+from pipeline.core.atomic import write_bytes
+from pipeline.core.plots import save_png
 
 
 def read_curve(run: Path) -> list[dict]:

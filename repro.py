@@ -1,6 +1,6 @@
 """`make repro`: the whole pipeline with the params that suit this machine, saying up front which and why.
 
-    python tools/repro.py [--preset auto|cpu|gpu] [--dry-run]
+    python repro.py [--preset auto|cpu|gpu] [--dry-run]
 
 auto (the default): without a CUDA GPU the CPU preset, with one the GPU-sized default.
 cpu: presets/cpu.args applied with `dvc exp run -S ...`: DVC writes the values into params.yaml,
@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from pipeline.params import CPU_PRESET, DEFAULT_PARAMS, preset_words  # noqa: E402
+from pipeline.params import CPU_PRESET, DEFAULT_PARAMS, preset_words
 
 
 @dataclass(frozen=True)
