@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from pipeline.params import CPU_PRESET, DEFAULT_PARAMS, preset_words
+
+ROOT = Path(__file__).resolve().parent  # the checkout
 
 
 @dataclass(frozen=True)
