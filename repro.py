@@ -16,7 +16,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.atomic import remove_stale_temps_under
+from pipeline.core.dvc_lock import lock_problem, set_aside_damaged_lock
 from pipeline.params import CPU_PRESET, DEFAULT_PARAMS, preset_words
+from pipeline.paths import OUTPUT_ROOTS
 
 ROOT = Path(__file__).resolve().parent  # the checkout
 
@@ -70,8 +73,17 @@ def main() -> None:
     if p.preset == "gpu" and params_edited():
         print(f"  note: {DEFAULT_PARAMS} differs from the committed one (an earlier CPU-preset run writes its values "
               f"there); it runs as it is. `git checkout {DEFAULT_PARAMS}` restores the default.", flush=True)
-    if not args.dry_run:
-        sys.exit(subprocess.run(p.command, cwd=ROOT).returncode)
+    if args.dry_run:
+        if problem := lock_problem(ROOT / "dvc.lock"):
+            print(f"  note: dvc.lock: {problem}; a real run moves it aside first", flush=True)
+        return
+    # What a killed `dvc repro` can leave, which DVC itself does not recover from (pipeline/core/dvc_lock.py,
+    # pipeline/core/atomic.py): a damaged dvc.lock, its own and the stages' temporaries.
+    if note := set_aside_damaged_lock(ROOT / "dvc.lock"):
+        print(f"  note: {note}", flush=True)
+    for stale in remove_stale_temps_under(*(ROOT / root for root in OUTPUT_ROOTS)):
+        print(f"  note: removed {stale.relative_to(ROOT)}, left by a killed run", flush=True)
+    sys.exit(subprocess.run(p.command, cwd=ROOT).returncode)
 
 
 if __name__ == "__main__":

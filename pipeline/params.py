@@ -8,13 +8,15 @@ fails with a message naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import copy
+import re
 import shlex
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pipeline.core.errors import PipelineError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.core.errors import PipelineError
 
 DEFAULT_PARAMS = Path("params.yaml")
 CPU_PRESET = Path("presets/cpu.args")  # `-S section.key=value` overrides, one per line
@@ -38,8 +40,9 @@ class ParamsError(PipelineError):
 
 class Section(BaseModel):
     # strict: YAML `true` is no epoch count and `1` no switch (lax pydantic would take them as 1 and True);
-    # an integer is still a valid float (`-S train.lr=1`).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # an integer is still a valid float (`-S train.lr=1`). No float may be inf or nan (`.inf` is valid YAML):
+    # a non-finite learning rate or weight trains a model of NaNs that would be saved as a success.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DownloadParams(Section):
@@ -105,6 +108,15 @@ class CodebookParams(Section):
             raise ValueError(
                 f"k x codes_per_cell = {self.k} x {self.codes_per_cell} token ids do not fit uint16 tokens; "
                 "keep their product <= 65,536"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _pca_fits_the_sample(self) -> CodebookParams:
+        if self.pca_dims is not None and self.pca_dims > self.sample_size:
+            raise ValueError(
+                f"pca_dims ({self.pca_dims}) exceeds sample_size ({self.sample_size}): the PCA is fitted on the "
+                f"sampled cells, which need at least as many as its dims; raise sample_size or lower pca_dims"
             )
         return self
 
@@ -278,10 +290,14 @@ def _explain(error: ValidationError, path: Path) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if not e["loc"]:  # a rule across sections: its message names the keys
             lines.append(f"  {msg}")
+        elif e["type"] == "value_error" and len(e["loc"]) == 1:  # a rule across a section's keys: no input dump
+            lines.append(f"  {key}: {msg}")
         elif e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (check the spelling; allowed keys are in pipeline/params.py)")
         elif e["type"] == "missing":
             lines.append(f"  {key}: missing")
+        elif e["type"] == "finite_number":
+            lines.append(f"  {key} = {e.get('input')!r}: must be a finite number (inf and nan train models of NaNs)")
         else:
             lines.append(f"  {key} = {e.get('input')!r}: {msg}")
     return "\n".join(lines)
@@ -297,11 +313,26 @@ def parse_params(raw: dict, path: Path = DEFAULT_PARAMS) -> Params:
         raise ParamsError(_explain(e, path)) from None
 
 
+class _Yaml12Floats(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where a float needs a dot: `1e-06` is a string there. DVC (YAML 1.2) writes
+    exactly that for `dvc exp run -S train.min_lr=1e-6`, and researchers type `lr: 3e-4`: read those as floats."""
+
+
+_Yaml12Floats.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def read_yaml(text: str):
+    """Parse params YAML as DVC does (YAML 1.2 floats), safely (no arbitrary objects)."""
+    return yaml.load(text, Loader=_Yaml12Floats)  # a SafeLoader subclass: plain data only
+
+
 def _read(path: Path) -> dict:
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the project root or pass --params)")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return read_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
 
@@ -332,7 +363,7 @@ def preset_overrides(args_file: str | Path = CHECKOUT_PRESET) -> dict[str, dict]
         section, dot, name = key.partition(".")
         if flag != "-S" or not sep or not dot or section not in Params.model_fields:
             raise ParamsError(f"{args_file}: expected `-S section.key=value` pairs, got {flag!r} {override!r}")
-        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
+        overrides.setdefault(section, {})[name] = read_yaml(value)
     if len(words) % 2:
         raise ParamsError(f"{args_file}: `{words[-1]}` has no value; expected `-S section.key=value` pairs")
     return overrides
@@ -352,3 +383,31 @@ def cpu_preset_differences(section: str, values: Section, args_file: str | Path 
     """`section.key` of every CPU-preset override that `values` (that section's params) does not follow."""
     preset = preset_overrides(args_file).get(section, {})
     return [f"{section}.{key}" for key, value in preset.items() if getattr(values, key) != value]
+
+
+def declared_keys(stage: str, dvc_yaml: str | Path = "dvc.yaml") -> list[str] | None:
+    """The params keys (`section` or `section.key`) that dvc.yaml declares for `stage`; None where there is no
+    readable dvc.yaml naming the stage (a stage run by hand outside a checkout)."""
+    try:
+        stages = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]
+        return [str(k) for k in stages[stage].get("params", [])]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def params_values(path: str | Path, keys: list[str] | None) -> object:
+    """The values of `keys` in the params file `path` (every section when `keys` is None), to tell whether the
+    params a stage read changed while it ran: DVC records the values it finds AFTER the stage, in dvc.lock."""
+    try:
+        raw = read_yaml(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        return f"unreadable: {e}"
+    if keys is None or not isinstance(raw, dict):
+        return raw
+    values = {}
+    for key in keys:
+        node = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        values[key] = node
+    return values

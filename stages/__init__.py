@@ -13,6 +13,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402
 
+from pipeline.core.errors import quiet_write_failure_reports  # noqa: E402
+
+quiet_write_failure_reports()  # before typer captures sys.excepthook
+
 import typer  # noqa: E402
 
 from pipeline.core.atomic import remove_stale_temps_under  # noqa: E402

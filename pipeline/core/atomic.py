@@ -9,6 +9,11 @@ its own, so every atomic write first removes the temporaries in its folder whose
 (`remove_stale_temps`), a training run does the same for its checkpoint folder when it opens it, and
 every stage starts by sweeping the pipeline's output folders (stages/__init__.py). `.dvcignore` keeps
 DVC from ever hashing or caching one, also while its writer still runs.
+
+DVC's own temporaries (`<prefix>.<22 url-safe characters>.tmp`, dvc_objects' `tmp_fname`, written while it
+restores an output from its cache) carry no pid; one left in an output folder is always a killed DVC's,
+since DVC writes them only under its repository lock, which a running stage's `dvc repro` holds. The same
+sweeps remove them, and `.dvcignore` hides them too.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Iterator
 from pipeline.core.errors import PipelineError
 
 TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp$")  # .<name>.<pid>.tmp (the .dvcignore pattern)
+DVC_TEMP_NAME = re.compile(r"^.*\.[A-Za-z0-9_-]{22}\.tmp$")  # dvc_objects.fs.utils.tmp_fname: token_urlsafe(16)
 
 
 def temp_path(target: Path, pid: int | None = None) -> Path:
@@ -42,7 +48,8 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
-    """Remove the temporaries in `folder` of processes that no longer run (a killed stage's); return them.
+    """Remove the temporaries in `folder` of processes that no longer run (a killed stage's, a killed DVC's);
+    return them.
 
     Temporaries of live processes (a concurrent writer) are left alone. Pids are this machine's: run
     one pipeline per checkout, not one per machine on a shared filesystem.
@@ -52,7 +59,9 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
         return removed
     for entry in folder.iterdir():
         match = TEMP_NAME.match(entry.name)
-        if match and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])):
+        if match and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])) or (
+            not match and DVC_TEMP_NAME.match(entry.name)
+        ):
             _remove(entry)
             removed.append(entry)
     return removed

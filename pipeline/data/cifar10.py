@@ -29,6 +29,7 @@ from pipeline.core.artifacts import open_h5, rerun
 from pipeline.core.atomic import atomic_path
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import sha256_file
+from pipeline.params import DownloadParams
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,12 @@ def load_source(source: str, cache_dir: str | Path) -> Cifar10:
     if source == "torchvision":
         return _from_torchvision(Path(cache_dir), download=True)
     path = Path(source)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # e.g. a name longer than the filesystem allows (ENAMETOOLONG)
+        raise DataError(f"download.source = {source[:80]!r}... ({len(source)} characters): not a usable path "
+                        f"({e.strerror}); set download.source to 'torchvision' or an existing file or folder") from None
+    if not exists:
         raise DataError(
             f"download.source = {source!r}: no such file or folder. Use 'torchvision' to download, "
             "a .npz with x_train/y_train/x_test/y_test, or a cifar-10-batches-py folder."
@@ -203,6 +209,11 @@ def hold_out(train: Split, val_size: int, seed: int) -> tuple[np.ndarray, np.nda
     val = []
     for c in range(n_classes):
         members = np.flatnonzero(train.labels == c)
+        if len(members) == 0:  # no val_size can help: the source lacks the class
+            raise DataError(
+                f"download.source: the training set has no image of class {c} ({CLASSES[c]}); every class needs "
+                "training images: use a complete CIFAR-10 source"
+            )
         if len(members) <= per_class:
             raise DataError(
                 f"download.val_size = {val_size} asks for {per_class} images of class {c} ({CLASSES[c]}), but the "
@@ -234,6 +245,14 @@ def write_h5(data: Cifar10, target: str | Path, val_size: int, val_seed: int) ->
             f.attrs.update(classes=list(data.classes), source=data.source, source_sha256=data.source_sha256,
                            val_size=val_size, val_seed=val_seed)  # fmt: skip
     return {split: len(images) for split, (images, _, _) in splits.items()}
+
+
+def download(p: DownloadParams, target: str | Path) -> dict[str, int]:
+    """The download stage: CIFAR-10 from p.source, validated against p's expected counts, written to `target`
+    with its validation split held out; returns the number of images per split."""
+    log.info("loading CIFAR-10 from %s", p.source)
+    data = validate(load_source(p.source, p.cache_dir), {"train": p.expect_train, "test": p.expect_test})
+    return write_h5(data, target, p.val_size, p.val_seed)
 
 
 def read_split(path: str | Path, split: str) -> Split:
