@@ -15,4 +15,4 @@ def slow_cpu_hint(section: str, values: Section, precision: str) -> str:
         return (f"these {section} params are not the CPU preset's ({', '.join(differ)} differ); for a 2-core CPU "
                 f"run `make repro PRESET=cpu` or {CPU_PRESET_COMMAND}")
     return (f"the CPU preset is in use, so this CPU is the cause: {describe_cpu()}, {section} in {precision}; the "
-            "preset is sized for 45 minutes on 2 idle cores, with or without native bf16 (README: CPU preset)")
+            "preset is sized for 45 minutes on 2 idle cores, with or without native bf16 (docs/cpu_preset.md)")

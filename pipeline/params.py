@@ -27,7 +27,7 @@ Device = Literal["auto", "cpu", "cuda"]
 # auto: what the hardware does natively (pipeline/core/runtime.py has the table); fp16 is for CUDA
 # cards without bf16.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-# torch.compile mode of the GPT step (none: eager); auto: default mode on one GPU, else eager (README: benchmarks)
+# torch.compile mode of the GPT step (none: eager); auto: default mode on one GPU, else eager (docs/benchmarks.md)
 Compile = Literal["auto", "none", "default", "reduce-overhead"]
 # Inception features: an explicit precision, never hardware-dependent, so references compare across machines.
 FeaturePrecision = Literal["auto", "fp32", "bf16"]  # auto: bf16 on a CPU with native bf16, else fp32
@@ -143,7 +143,7 @@ class TrainParams(Section):
     n_head: int = Field(ge=1)
     n_embd: int = Field(ge=8)
     dropout: float = Field(ge=0, lt=1)
-    # README: attention variants. Which earlier slots each layer attends to (pipeline/gpt/attention_masks.py).
+    # docs/attention_study.md. Which earlier slots each layer attends to (pipeline/gpt/attention_masks.py).
     attention: Literal["full", "local", "axial", "strided"]
     window: int = Field(ge=1)  # local: the slots each one sees, itself included
     # grouped-query attention: n_head / n_kv_head query heads share each key/value head (null: n_head, plain MHA)

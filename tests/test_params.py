@@ -141,10 +141,11 @@ def test_cpu_preset_differences_name_the_keys_that_leave_the_preset():
     assert "decoder.channels" in cpu_preset_differences("decoder", parse_params(raw).decoder)
 
 
-def test_readme_attention_study_runs_are_valid_params(tmp_path):
-    """Each run of the README's attention study (the CPU preset, then `P`, then one variant's overrides: what
-    `dvc exp run --queue $P -S $v` writes to params.yaml) passes validation, and `P` sets the study's size."""
-    text = (REPO / "README.md").read_text()
+def test_docs_attention_study_runs_are_valid_params(tmp_path):
+    """Each run of the attention study (docs/attention_study.md: the CPU preset, then `P`, then one variant's
+    overrides: what `dvc exp run --queue $P -S $v` writes to params.yaml) passes validation, and `P` sets the
+    study's size."""
+    text = (REPO / "docs" / "attention_study.md").read_text()
     study = text[text.index('P="$(grep'): text.index("dvc queue start")]
     p_words = shlex.split(study[study.index("-S") : study.index('"\n')].replace("\\\n", " "))
     variants = re.findall(r'"(train\.[^"]+)"', study) + ["train.seed=1", "train.attention=axial -S train.seed=1"]
@@ -162,12 +163,12 @@ def test_readme_attention_study_runs_are_valid_params(tmp_path):
 
 
 
-def test_readme_tokenizer_study_rows_are_valid_params():
-    """Each row's overrides in the README's tokenizer study, on top of the CPU preset (what `dvc exp run
-    reconstruct $(grep -v '^#' presets/cpu.args) <overrides>` writes to params.yaml), are valid params that hold
-    the row's values; `+key` adds a key, as in `dvc exp run -S`."""
-    text = (REPO / "README.md").read_text()
-    study = text[text.index("### Toward 24 dB") : text.index("## Benchmarks")]
+def test_docs_tokenizer_study_rows_are_valid_params():
+    """Each row's overrides in the tokenizer study's levers (docs/tokenizer_study.md, "Toward 24 dB" to the end), on
+    top of the CPU preset (what `dvc exp run reconstruct $(grep -v '^#' presets/cpu.args) <overrides>` writes to
+    params.yaml), are valid params that hold the row's values; `+key` adds a key, as in `dvc exp run -S`."""
+    text = (REPO / "docs" / "tokenizer_study.md").read_text()
+    study = text[text.index("## Toward 24 dB") :]
     rows = re.findall(r"`(-S [^`]+)`", study)
     assert len(rows) >= 10 and "-S codebook.whiten=true" in rows
     preset = cpu_preset_raw()

@@ -103,7 +103,7 @@ def resolve_compile(requested: str, device: torch.device, world: int = 1) -> str
 
     auto: torch.compile's default mode for one process on CUDA, where the GPT's small steps are bound by
     kernel launches; eager on CPU, where compiling the step gained nothing, and under DDP, not measured
-    compiled (README: benchmarks). reduce-overhead (CUDA graphs) is asked for explicitly."""
+    compiled (docs/benchmarks.md). reduce-overhead (CUDA graphs) is asked for explicitly."""
     if requested == "auto":
         mode = "default" if device.type == "cuda" and world == 1 else None
     else:
@@ -115,7 +115,7 @@ def resolve_compile(requested: str, device: torch.device, world: int = 1) -> str
 def resolve_feature_precision(requested: str, device: torch.device) -> str:
     """Precision of frozen-network features that enter a metric (Inception FID): `auto` is bf16 only on a CPU
     that has it natively (where fp32 would dominate the CPU preset's time), else fp32, the published
-    protocol's (a GPU has time to spare). The README gives the measured effect of bf16 on FID."""
+    protocol's (a GPU has time to spare). docs/evaluation.md gives the measured effect of bf16 on FID."""
     if requested != "auto":
         return requested
     return "bf16" if device.type == "cpu" and native(device, "bf16") else "fp32"
