@@ -11,6 +11,7 @@ gpu: params.yaml as it is (`dvc repro`), the real experiment, sized for one GPU.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from pathlib import Path
 
 from pipeline.core.atomic import remove_stale_temps_under
 from pipeline.core.dvc_lock import lock_problem, set_aside_damaged_lock
-from pipeline.params import CPU_PRESET, DEFAULT_PARAMS, preset_words
-from pipeline.paths import OUTPUT_ROOTS
+from pipeline.data.cifar10 import source_changed
+from pipeline.params import CPU_PRESET, DEFAULT_PARAMS, preset_words, read_yaml
+from pipeline.paths import OUTPUT_ROOTS, RAW
 
 ROOT = Path(__file__).resolve().parent  # the checkout
 
@@ -77,12 +79,18 @@ def main() -> None:
         if problem := lock_problem(ROOT / "dvc.lock"):
             print(f"  note: dvc.lock: {problem}; a real run moves it aside first", flush=True)
         return
+    os.chdir(ROOT)  # params paths (download.source) are relative to the checkout, as for DVC
     # What a killed `dvc repro` can leave, which DVC itself does not recover from (pipeline/core/dvc_lock.py,
     # pipeline/core/atomic.py): a damaged dvc.lock, its own and the stages' temporaries.
     if note := set_aside_damaged_lock(ROOT / "dvc.lock"):
         print(f"  note: {note}", flush=True)
     for stale in remove_stale_temps_under(*(ROOT / root for root in OUTPUT_ROOTS)):
         print(f"  note: removed {stale.relative_to(ROOT)}, left by a killed run", flush=True)
+    source = (read_yaml((ROOT / DEFAULT_PARAMS).read_text()) or {}).get("download", {}).get("source", "")
+    if changed := source_changed(ROOT / RAW, str(source)):  # invisible to DVC: the param is the same string
+        print(f"  note: {changed}; re-running the download stage first\n  $ dvc repro --force download", flush=True)
+        if code := subprocess.run(["dvc", "repro", "--force", "download"], cwd=ROOT).returncode:
+            sys.exit(code)
     sys.exit(subprocess.run(p.command, cwd=ROOT).returncode)
 
 

@@ -116,6 +116,20 @@ def test_a_class_without_training_images_says_the_source_lacks_it(tmp_path):
     assert "val_size" not in str(err.value)
 
 
+# ---- F9: a local source replaced under the same name ---------------------------------------------------------
+
+
+def test_a_replaced_source_file_is_noticed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    npz = write_npz(tmp_path / "c.npz")
+    p = load_params(write_params(tmp_path, download=dict(source="c.npz", expect_train=60, expect_test=20, val_size=10)))
+    cifar10.download(p.download, RAW)
+    assert cifar10.source_changed(RAW, "c.npz") is None
+    write_npz(npz, n_train=60, n_test=20, x_test=np.zeros((20, 32, 32, 3), np.uint8))  # other images, same name
+    assert "c.npz changed since data/raw/cifar10.h5 was made" in cifar10.source_changed(RAW, "c.npz")
+    assert cifar10.source_changed(RAW, "torchvision") is None and cifar10.source_changed(RAW, "other.npz") is None
+
+
 # ---- F1, F2: what a killed DVC leaves --------------------------------------------------------------------------
 
 

@@ -274,3 +274,18 @@ def read_source_train(path: str | Path) -> Split:
             parts.append((f[split]["images"][:], f[split]["labels"][:], f[split]["source_index"][:]))
     order = np.argsort(np.concatenate([index for _, _, index in parts]), kind="stable")
     return Split(np.concatenate([p[0] for p in parts])[order], np.concatenate([p[1] for p in parts])[order])
+
+
+def source_changed(raw: str | Path, source: str) -> str | None:
+    """Why `raw` (a cifar10.h5) no longer matches the local file `source` it was made from, or None.
+
+    DVC sees download.source as a string: a .npz replaced under the same name changes nothing it hashes, so
+    `dvc repro` would keep the old images. cifar10.h5 records the file's sha256; `make repro` compares it."""
+    path = Path(source)
+    if source == "torchvision" or not path.is_file() or not Path(raw).is_file():
+        return None
+    with h5py.File(raw, "r") as f:
+        recorded, made_from = str(f.attrs.get("source_sha256", "")), str(f.attrs.get("source", ""))
+    if made_from != source or not recorded or recorded == sha256_file(path):
+        return None
+    return f"{source} changed since {raw} was made from it (sha256 {recorded[:12]}... -> now differs)"
