@@ -3,8 +3,8 @@
 import logging
 from pathlib import Path
 
-from stages import PARAMS_OPTION, app
 from pipeline.paths import RAW
+from stages import PARAMS_OPTION, app
 
 log = logging.getLogger(__name__)
 
@@ -15,9 +15,5 @@ def download(params: Path = PARAMS_OPTION) -> None:
     from pipeline.data import cifar10
     from pipeline.params import load_params
 
-    p = load_params(params).download
-    log.info("loading CIFAR-10 from %s", p.source)
-    data = cifar10.load_source(p.source, p.cache_dir)
-    data = cifar10.validate(data, {"train": p.expect_train, "test": p.expect_test})
-    counts = cifar10.write_h5(data, RAW, p.val_size, p.val_seed)
+    counts = cifar10.download(load_params(params).download, RAW)
     log.info("wrote %s: %s images", RAW, counts)

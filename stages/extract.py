@@ -3,8 +3,8 @@
 import logging
 from pathlib import Path
 
-from stages import PARAMS_OPTION, app
 from pipeline.paths import FEATURES, RAW
+from stages import PARAMS_OPTION, app
 
 log = logging.getLogger(__name__)
 
@@ -16,5 +16,12 @@ def extract(params: Path = PARAMS_OPTION) -> None:
     from pipeline.params import load_params
 
     summary = run_extract(load_params(params).extract, RAW, FEATURES)
-    log.info("wrote %s: %d images x %d channels in %.1f s (%.0f images/s, %s)", FEATURES, summary["images"],
-             summary["channels"], summary["seconds"], summary["images_per_s"], summary["precision"])
+    log.info(
+        "wrote %s: %d images x %d channels in %.1f s (%.0f images/s, %s)",
+        FEATURES,
+        summary["images"],
+        summary["channels"],
+        summary["seconds"],
+        summary["images_per_s"],
+        summary["precision"],
+    )

@@ -12,7 +12,7 @@ It is `decoder.token_noise` with the GPT's own mistakes (plausible codes) in pla
 
 Printed: how often the GPT's teacher-forced pick is the true code; both decoders' val PSNR on the true val
 codes (the decoder stage's metric); the sample stage's token grids decoded by both and scored as the evaluate
-stage scores them (`studies/score_samples.py`: Inception FID/KID, class agreement). The same samples, two
+stage scores them (`pipeline.gpt.evaluate.score_token_grids`: Inception FID/KID, class agreement). The same samples, two
 decoders: the difference is the decoder's.
 """
 
@@ -30,14 +30,15 @@ import numpy as np
 from pipeline.core.artifacts import read_model_config
 from pipeline.core.runtime import resolve_device, resolve_precision
 from pipeline.data import cifar10
+from pipeline.evaluation.distribution import SampleScorer, score_summary
 from pipeline.evaluation.reconstruction import pixel_metrics
 from pipeline.gpt import sampling
+from pipeline.gpt.evaluate import score_token_grids
 from pipeline.gpt.model import load_gpt
 from pipeline.params import DEFAULT_PARAMS, load_params
 from pipeline.tokenizer import decoder_training as dt, files as token_files
 from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder
-from pipeline.paths import CODEBOOK, DECODER_DIR, FEATURES, GPT_DIR, RAW, SAMPLES, TOKENS
-from score_samples import SampleScorer, summary
+from pipeline.paths import CODEBOOK, DECODER_DIR, FEATURES, GPT_DIR, RAW, REFERENCE, SAMPLES, TOKENS
 
 
 def main() -> None:
@@ -75,12 +76,12 @@ def main() -> None:
         "decoder stage": load_token_decoder(DECODER_DIR),
         f"trained with {100 * args.fraction:g} % GPT codes": TokenDecoder("cnn", inputs.grid, len(inputs.centroids), model=result.model),
     }  # fmt: skip
-    scorer = SampleScorer.load(params.evaluate)
+    scorer = SampleScorer.load(params.evaluate, RAW, REFERENCE)
     tokens, sample_labels = sampling.read_token_grids(SAMPLES)
     for name, decoder in decoders.items():
         val = pixel_metrics(inputs.val_images, decoder.decode(inputs.val_tokens, p.batch_size, device))
         print(f"{name}: val PSNR {val['psnr_db']:.2f} dB, SSIM {val['ssim']:.3f}; {SAMPLES}: "
-              f"{summary(scorer.score(decoder, tokens, sample_labels))}", flush=True)  # fmt: skip
+              f"{score_summary(score_token_grids(scorer, decoder, tokens, sample_labels))}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ Run it from the project root after the train stage.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-
 
 import numpy as np
 
@@ -26,8 +24,8 @@ from pipeline.core.runtime import resolve_device
 from pipeline.gpt import likelihood, sampling
 from pipeline.gpt.model import load_gpt
 from pipeline.params import DEFAULT_PARAMS, load_params
-from pipeline.tokenizer import files as tok
 from pipeline.paths import GPT_DIR, TOKENS
+from pipeline.tokenizer import files as tok
 
 
 def main() -> None:
@@ -55,7 +53,9 @@ def main() -> None:
         path = args.out / f"{args.name}_n{len(labels)}_s{seed}.npz"
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, tokens=tokens, labels=labels)
-        print(f"{path}: {len(labels)} grids, sample seed {seed}, {time.perf_counter() - t0:.1f} s on {device}", flush=True)
+        print(
+            f"{path}: {len(labels)} grids, sample seed {seed}, {time.perf_counter() - t0:.1f} s on {device}", flush=True
+        )
 
     config, test = read_model_config(GPT_DIR, "train"), tok.read_split(TOKENS, "test", meta)
     nll = likelihood.saved_model_metrics(model, config, test, "test", params.evaluate.batch_size, device)

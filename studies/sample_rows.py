@@ -10,17 +10,15 @@ class, in class order (unconditional runs: the first samples), decoded by this c
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-
 from pipeline.core.images import tile_rows
 from pipeline.core.plots import save_png
 from pipeline.gpt.sampling import GAP, grid_rows, read_token_grids, sample_set_name
-from pipeline.tokenizer.decoding import load_token_decoder
 from pipeline.paths import DECODER_DIR
+from pipeline.tokenizer.decoding import load_token_decoder
 
 N_CLASSES = 10
 

@@ -28,7 +28,9 @@ def load_evaluator(name: str) -> CifarResNet:
 
 
 @torch.inference_mode()
-def classify(model: torch.nn.Module, images_uint8_nhwc: np.ndarray, batch_size: int, device: str | torch.device) -> np.ndarray:
+def classify(
+    model: torch.nn.Module, images_uint8_nhwc: np.ndarray, batch_size: int, device: str | torch.device
+) -> np.ndarray:
     """Predicted labels (int64, (N,)) of `model` on uint8 (N, H, W, 3) images, in batches."""
     device = torch.device(device)
     model = model.to(device).eval()

@@ -6,20 +6,31 @@ file, and the floor, n reference test images scored the same way (what a perfect
 with n images). Proxy: Fréchet distance and KID in the global-average-pooled last stage of the
 evaluator (`fid_<evaluator>`), samples and n train images against the test images; handy for quick
 comparisons, not comparable to anything published.
+
+`SampleScorer` loads what scoring reads once (the reference stage's file, the raw images, the evaluator)
+and scores any set of generated images this way: the evaluate stage's samples (pipeline/gpt/evaluate.py)
+and sample sets made elsewhere (studies/score_samples.py), so their numbers compare. It takes images: a
+caller holding token grids decodes them first (`pipeline.gpt.evaluate.score_token_grids`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.runtime import resolve_device
+from pipeline.data import cifar10
 from pipeline.evaluation import inception
-from pipeline.evaluation.classifier import classify, evaluator_label
+from pipeline.evaluation.classifier import classify, evaluator_label, load_evaluator
 from pipeline.evaluation.feature_stats import frechet_distance, gaussian, kid
-from pipeline.evaluation.reference import KID_SUBSETS, Reference, pick, scores_vs_train
+from pipeline.evaluation.reference import KID_SUBSETS, Reference, description, pick, read_reference, scores_vs_train
 from pipeline.features.encoders.cifar_resnet import CifarResNet
+from pipeline.params import EvaluateParams
 
 
 @torch.inference_mode()
@@ -33,7 +44,9 @@ def pooled_features(images: np.ndarray, resnet: CifarResNet, batch_size: int, de
     return torch.cat(out).numpy() if out else np.zeros((0, resnet.linear.in_features), np.float32)
 
 
-def proxy_distances(real: np.ndarray, fake: np.ndarray, label: str, *, kid_subset_size: int, seed: int) -> dict[str, float]:
+def proxy_distances(
+    real: np.ndarray, fake: np.ndarray, label: str, *, kid_subset_size: int, seed: int
+) -> dict[str, float]:
     """Fréchet distance and KID between two evaluator feature sets, keyed by the evaluator's label."""
     kid_mean, kid_std = kid(real, fake, subsets=KID_SUBSETS, subset_size=kid_subset_size, seed=seed)
     fd = frechet_distance(gaussian(real), gaussian(fake))
@@ -100,3 +113,45 @@ def sample_quality(
         "reference_train_images": {"n": len(train_p), **proxy_distances(test_p, train_p, label, **kid_args)},
     }  # fmt: skip
     return result, class_table(predicted, labels, evaluator.linear.out_features)
+
+
+@dataclass
+class SampleScorer:
+    """This checkout's Inception reference, raw images and evaluator, loaded once: scores any set of
+    generated images exactly as the evaluate stage scores the sample stage's."""
+
+    p: EvaluateParams
+    device: torch.device
+    ref: Reference
+    evaluator: CifarResNet
+    raw_train: np.ndarray  # uint8 NHWC, the raw file's train split
+    raw_test: np.ndarray
+
+    @classmethod
+    def load(cls, p: EvaluateParams, raw: str | Path, reference: str | Path) -> SampleScorer:
+        """The raw CIFAR-10 file (download stage), the reference file (reference stage), p.evaluator."""
+        raw_train, raw_test = cifar10.read_split(raw, "train"), cifar10.read_split(raw, "test")
+        return cls(p, resolve_device(p.device), read_reference(reference), load_evaluator(p.evaluator),
+                   raw_train.images, raw_test.images)  # fmt: skip
+
+    def score(self, images: np.ndarray, labels: np.ndarray | None, n: int | None = None) -> tuple[dict, list[dict]]:
+        """`sample_quality` of n of the uint8 NHWC `images` (default evaluate.n_samples), generated for `labels`
+        (None: unconditional), with how the reference was made and the evaluator's name.
+
+        Returns ({"samples", "floor_test_images", "reference_train_images", "inception", "evaluator"}, per-class table)."""
+        p = self.p
+        n = p.n_samples if n is None else n
+        quality, per_class = sample_quality(
+            images, labels, self.raw_test, self.raw_train, self.ref, evaluator=self.evaluator,
+            evaluator_name=p.evaluator, n=n, batch_size=p.batch_size, kid_subset_size=p.kid_subset_size,
+            device=self.device, seed=p.seed,
+        )  # fmt: skip
+        return {**quality, "inception": description(self.ref, n, "train"), "evaluator": p.evaluator}, per_class
+
+
+def score_summary(scores: dict) -> str:
+    """One line of `SampleScorer.score`'s scores: FID next to its floor, KID, class agreement."""
+    s, floor = scores["samples"], scores["floor_test_images"]
+    agreement = "n/a" if s["class_agreement"] is None else f"{100 * s['class_agreement']:.1f} %"
+    return (f"{s['n']} samples, Inception FID {s['fid_inception']:.2f} (floor {floor['fid_inception']:.2f} "
+            f"at {floor['n']}), KID {s['kid_inception_mean']:.4f}, class agreement {agreement}")  # fmt: skip

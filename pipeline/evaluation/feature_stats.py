@@ -120,7 +120,8 @@ def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_NEIGHBOURS) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) of (N, D) `fake` against (M, D) `real`."""
     if min(len(real), len(fake)) <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} vectors per set, got {len(real)} "
-                         f"and {len(fake)}")
+        raise ValueError(
+            f"precision/recall with k={k} needs more than {k} vectors per set, got {len(real)} and {len(fake)}"
+        )
     r, f = (torch.as_tensor(np.asarray(x), dtype=torch.float64) for x in (real, fake))
     return _covered(f, r, _knn_radii(r, k)), _covered(r, f, _knn_radii(f, k))

