@@ -8,13 +8,13 @@ whole preset's time projected from short timed runs (the preset itself is not ru
     emulated (AVX2 CPUs) it is many times slower, which is why `precision: auto` resolves to fp32 there;
 (b) extract: the stage's write_features on a slice of synthetic CIFAR-sized images, scaled to every split
     it encodes (the mirrored train images too with extract.flip);
-(c) decoder: the stage's training_step (pixel + perceptual loss through the real encoder layers) at the
+(c) decoder: the stage's train_step (pixel + perceptual loss through the real encoder layers) at the
     preset's decoder params, times the preset's steps, plus its decoding passes;
 (d) train: the stage's train_step at the preset's GPT params, times the preset's steps, plus the
     per-epoch validation NLL passes;
 (i) inception: Inception features (preprocessing + network) in reference.precision, times the images the
     reference, reconstruct and evaluate stages encode under the preset;
-(e) the whole preset: (b)-(d) and (i) plus the other stages as measured in the README's AMX run of the preset
+(e) the whole preset: (b)-(d) and (i) plus the other stages as measured in docs/cpu_preset.md's AMX run of the preset
     (evaluate without its Inception features, which (i) counts).
 Each timing is the fastest of a few steps after warm-up in this process's CPU time (time.process_time),
 by default on one thread: other processes on shared cores inflate wall time far more than CPU time, so
@@ -41,13 +41,13 @@ from pipeline.core.images import to_float_nchw
 from pipeline.core.runtime import (
     describe_cpu, grad_scaler, resolve_compile, resolve_feature_precision, resolve_precision,
 )
+from pipeline.core.training import train_step
 from pipeline.data.cifar10 import Split
 from pipeline.evaluation import inception
 from pipeline.features.encoders import build_encoder
 from pipeline.features.extract import extract_spec, has_convs, write_features
 from pipeline.gpt.likelihood import mean_nll
 from pipeline.gpt.model import GPT, training_inputs
-from pipeline.gpt.step import train_step
 from pipeline.gpt.training import model_config
 from pipeline.features.extract import grid_features
 from pipeline.params import Params, load_cpu_preset
@@ -63,7 +63,7 @@ def split_sizes(p: Params) -> dict[str, int]:
     """Images per split as the download stage writes them, and what extract encodes (mirrored train too)."""
     train, val = N_CIFAR_TRAIN - p.download.val_size, p.download.val_size
     return {"train": train, "val": val, "test": N_TEST, "extract": N_CIFAR_TRAIN + N_TEST + train * p.extract.flip}
-# The other stages of the README's fresh-clone CPU-preset run on this project's 2-core AMX CPU, in seconds:
+# The other stages of docs/cpu_preset.md's fresh-clone CPU-preset run on this project's 2-core AMX CPU, in seconds:
 # fp32 code paths (FAISS, sampling, FID features) that the precision does not change.
 OTHER_STAGES_S = {"download": 7, "codebook": 180, "sample": 8, "evaluate": 45}
 CPU = torch.device("cpu")
@@ -136,7 +136,11 @@ def bench_decoder(p: Params, precision: str, steps: int) -> dict:
     scaler, loss_fn = grad_scaler(CPU, precision), dt.training_loss(d, feature_loss)
     tokens = torch.from_numpy(inputs.train_tokens[: d.batch_size].astype(np.int64))
     target = to_float_nchw(inputs.train_images[: d.batch_size], CPU)
-    step_s = best_seconds(lambda: dt.training_step(model, optimizer, scaler, model.embed(tokens), target, loss_fn, precision), steps)
+    step_s = best_seconds(  # as the stage: the centroid grid is embedded outside autocast
+        lambda: train_step(lambda x, y: loss_fn(model(x).float(), y), (model.embed(tokens), target), optimizer, scaler,
+                           CPU, precision),
+        steps,
+    )  # fmt: skip
     decoder = TokenDecoder("cnn", grid, k, model=model)
     decode_s = best_seconds(lambda: decoder.decode(inputs.val_tokens[:1000], d.batch_size, CPU, precision), 2, 1)
     total_steps = math.ceil(split_sizes(p)["train"] / d.batch_size) * d.epochs
@@ -157,7 +161,9 @@ def bench_train(p: Params, precision: str, steps: int, compile_mode: str | None)
     inputs = training_inputs(codes, cfg.prefix(torch.arange(tr.batch_size) % 10, tr.batch_size, CPU))
     net = torch.compile(model, mode=compile_mode) if compile_mode else model  # as the train stage does
     step_s = best_seconds(
-        lambda: train_step(net, model.parameters(), opt, scaler, inputs, codes, precision, tr.grad_clip), steps
+        lambda: train_step(lambda x, y: net(x, y)[1], (inputs, codes), opt, scaler, CPU, precision, tr.grad_clip,
+                           model.parameters()),
+        steps,
     )
     test = TokenSplit(torch.randint(0, k, (1000, grid * grid)), torch.arange(1000) % 10)
     nll_s = best_seconds(lambda: mean_nll(model, test, 2 * tr.batch_size, CPU, precision), 2, 1)

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from pipeline.gpt import model as gpt
 from pipeline.core.runtime import grad_scaler, resolve_precision
+from pipeline.core.training import train_step
 from pipeline.gpt.model import GPT, GPTConfig, training_inputs
-from pipeline.gpt.step import train_step
 from pipeline.gpt.training import model_config
 from pipeline.params import load_cpu_preset
 from pipeline.tokenizer.files import TokenMeta
@@ -87,7 +87,7 @@ def train_steps(cfg: GPTConfig, batch: int, steps: int, precision: str = "fp32",
     best = float("inf")
     for i in range(warmup + steps):
         t = time.process_time()
-        loss = train_step(model, model.parameters(), opt, scaler, inputs, codes, precision, grad_clip=0.0)
+        loss = train_step(lambda x, y: model(x, y)[1], (inputs, codes), opt, scaler, torch.device("cpu"), precision)
         if i >= warmup:
             best = min(best, time.process_time() - t)
     tok_s = batch * cfg.block_size / best

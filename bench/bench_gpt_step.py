@@ -4,7 +4,7 @@
     python bench/bench_gpt_step.py --tiny                                              # CPU smoke run
 
 Every config trains the same model (params.yaml train, codebook.k, extract.grid; 10 classes) with the
-stage's own step (pipeline.gpt.step.train_step) in the precision `train.precision` resolves to on
+stage's own step (pipeline.core.training.train_step) in the precision `train.precision` resolves to on
 this device, and reports tokens/s and model-FLOPs utilisation (MFU: the model's training FLOPs per
 token, GPTConfig.flops_per_token, times tokens/s, over the bf16 matrix-product peak measured on the
 same device at the start). Configs:
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from pipeline.core.runtime import grad_scaler, resolve_compile, resolve_precision
 from pipeline.gpt.model import GPT, GPTConfig, training_inputs
-from pipeline.gpt.step import train_step
+from pipeline.core.training import set_lr, train_step
 
 CONFIGS = ["host-eager", "eager-fused", "compiled", "graphs", "stage"]
 POSTFIX_EVERY = 10  # the trainer's progress-bar read-back interval (pipeline/gpt/training.py)
@@ -101,15 +101,14 @@ def run_config(name: str, cfg: GPTConfig, tr: dict, device: torch.device, precis
     def step(i: int) -> torch.Tensor:
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()  # a new training iteration: earlier outputs may be reused
-        for group in opt.param_groups:  # the trainer sets the scheduled rate every step
-            group["lr"] = tr["lr"]
+        set_lr(opt, tr["lr"])  # the trainer sets the scheduled rate every step
         idx = order[(i * batch) % (N_TRAIN - batch) :][:batch]
         codes, cls, dropped = tokens[idx], labels[idx], drop[idx]
         if host:
             codes, cls, dropped = (t.to(device, non_blocking=True) for t in (codes, cls, dropped))
         prefix = torch.where(dropped, cfg.null_token, cfg.prefix(cls, batch, device))
-        loss = train_step(net, model.parameters(), opt, scaler, training_inputs(codes, prefix), codes, precision,
-                          tr["grad_clip"])  # fmt: skip
+        loss = train_step(lambda x, y: net(x, y)[1], (training_inputs(codes, prefix), codes), opt, scaler, device,
+                          precision, tr["grad_clip"], model.parameters())  # fmt: skip
         if read_back and i % POSTFIX_EVERY == 0:
             loss.item()
         return loss

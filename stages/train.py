@@ -19,6 +19,7 @@ def train(params: Path = PARAMS_OPTION) -> None:
     """Train the token GPT (resumable; DDP under torchrun)."""
     import torch
 
+    from pipeline.core.atomic import write_json
     from pipeline.core.hashing import code_sha256
     from pipeline.core.runtime import resolve_precision
     from pipeline.gpt.training import TrainPaths, distributed, train as train_gpt
@@ -26,10 +27,15 @@ def train(params: Path = PARAMS_OPTION) -> None:
     from pipeline.hints import slow_cpu_hint
 
     p = load_params(params).train
-    paths = TrainPaths(TOKENS, GPT_DIR, GPT_CHECKPOINTS, METRICS / "train.json", PLOTS)
+    paths, metrics_json = TrainPaths(TOKENS, GPT_DIR, GPT_CHECKPOINTS, PLOTS), METRICS / "train.json"
     with distributed(p.device) as info:
         if info.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts
         precision = resolve_precision(p.precision, info.device, "train.precision")
         hint = slow_cpu_hint("train", p, precision) if info.device.type == "cpu" else ""
-        train_gpt(p, paths, info, precision=precision, code=code_sha256("train"), slow_hint=hint)
+        metrics = train_gpt(p, paths, info, precision=precision, code=code_sha256("train"), slow_hint=hint)
+        if info.main:
+            write_json(metrics_json, metrics)
+            log.info("saved epoch %d of %d (lowest validation NLL %.4f nats/token = %.1f bits/image) -> %s, %s",
+                     metrics["best_epoch"], metrics["epochs"], metrics["val_nll"], metrics["val_bits_per_image"],
+                     GPT_DIR, metrics_json)  # fmt: skip

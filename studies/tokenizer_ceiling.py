@@ -4,9 +4,10 @@
 
 Run from the project root after `dvc repro decoder` (with the params under study, e.g. after the CPU preset's
 `dvc exp run`). It reads data/features/features.h5 (train and val), data/raw/cifar10.h5 and the decoder
-section of the params, and trains the decoder stage's InverseCNN with the stage's loss, schedule, batch order
-and step (`decoder_training.training_step`) on the standardised (C, 8, 8) feature grids, i.e. a codebook
-with no quantisation error. It prints the validation PSNR (all val images, as metrics/decoder.json): next to
+section of the params, and trains the decoder stage's InverseCNN with the stage's loss, schedule, batch order,
+step and best-epoch selection (`decoder_training.fit_decoder`, the `core.training` skeleton) on the
+standardised (C, 8, 8) feature grids, i.e. a codebook with no quantisation error. It prints the validation
+PSNR of the best epoch (all val images, as metrics/decoder.json): next to
 the decoder stage's PSNR at the same params, what any codebook on these features could gain at most with
 this decoder, and so whether the codebook or the features and decoder limit PSNR. (A second code per cell,
 residual quantisation, is a pipeline param: codebook.codes_per_cell.)
@@ -15,22 +16,18 @@ residual quantisation, is a pipeline param: codebook.codes_per_cell.)
 from __future__ import annotations
 
 import argparse
-import math
-import sys
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
-from tqdm import tqdm
 
 
 from pipeline.core.images import to_float_nchw, to_uint8
-from pipeline.core.runtime import adamw, grad_scaler, resolve_device, resolve_precision
-from pipeline.core.schedule import lr_at
+from pipeline.core.runtime import resolve_device, resolve_precision
 from pipeline.data import cifar10
-from pipeline.evaluation.reconstruction import pixel_metrics
+from pipeline.evaluation.reconstruction import pixel_metrics, psnr
 from pipeline.features.files import read_feature_info
 from pipeline.params import DEFAULT_PARAMS, load_params
 from pipeline.tokenizer import decoder_training as dt
@@ -41,6 +38,14 @@ from pipeline.paths import FEATURES, RAW
 def grids(features: np.ndarray, idx, device: torch.device) -> torch.Tensor:
     """float16 (N, g, g, C) rows -> float32 (n, C, g, g) on device."""
     return torch.from_numpy(features[idx]).to(device).permute(0, 3, 1, 2).float()
+
+
+def reconstruct(model: InverseCNN, features: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """uint8 (N, 32, 32, 3) images the decoder makes of feature grids (N, g, g, C)."""
+    model.eval()
+    with torch.no_grad():
+        out = [to_uint8(model(grids(features, slice(i, i + batch_size), device))) for i in range(0, len(features), batch_size)]
+    return np.concatenate(out)
 
 
 def main() -> None:
@@ -63,29 +68,21 @@ def main() -> None:
     with torch.random.fork_rng(devices=[]):  # the stage's seeded initial weights
         torch.manual_seed(p.seed)
         model = InverseCNN(config).to(device)
-    optimizer = adamw(model.parameters(), device, lr=p.lr, weight_decay=p.weight_decay)
-    scaler = grad_scaler(device, precision)
     perceptual = None
     if p.perceptual_weight > 0:
         perceptual = dt.feature_loss(info.layout.encoder, info.layers, grid, info.attrs, info.mean, info.std, device)
-    loss_fn = dt.training_loss(p, perceptual)
-    n, steps = len(train_x), math.ceil(len(train_x) / p.batch_size)
-    t0, step = time.perf_counter(), 0
-    for epoch in range(p.epochs):
-        model.train()
-        order = dt.epoch_order(n, p.seed, epoch).numpy()
-        for i in tqdm(range(steps), desc=f"features -> images, epoch {epoch + 1}/{p.epochs}", unit="batch"):
-            for group in optimizer.param_groups:
-                group["lr"] = p.lr * lr_at(step, steps * p.epochs, p.warmup_steps, 1.0, 0.0)
-            idx = np.sort(order[i * p.batch_size : (i + 1) * p.batch_size])
-            dt.training_step(model, optimizer, scaler, grids(train_x, idx, device),
-                             to_float_nchw(train.images[idx], device), loss_fn, precision)  # fmt: skip
-            step += 1
-    model.eval()
-    with torch.no_grad():
-        out = [to_uint8(model(grids(val_x, slice(i, i + p.batch_size), device))) for i in range(0, len(val_x), p.batch_size)]
-    ceiling = pixel_metrics(val.images, np.concatenate(out))
-    print(f"trained in {time.perf_counter() - t0:.0f} s")
+
+    def batch(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx.cpu().numpy()
+        return grids(train_x, idx, device), to_float_nchw(train.images[idx], device)
+
+    curve = slice(0, dt.CURVE_IMAGES)  # the stage's PSNR curve, on the features of the same val images
+    t0 = time.perf_counter()
+    run = dt.fit_decoder(p, model, len(train_x), batch,
+                         lambda: psnr(val.images[curve], reconstruct(model, val_x[curve], p.batch_size, device)),
+                         None, device, precision, dt.training_loss(p, perceptual))  # fmt: skip
+    ceiling = pixel_metrics(val.images, reconstruct(run.model, val_x, p.batch_size, device))
+    print(f"trained in {time.perf_counter() - t0:.0f} s; best epoch {run.best['epoch']} of {run.epoch}")
     print(f"val PSNR from the features (no quantisation): {ceiling['psnr_db']:.2f} dB, SSIM {ceiling['ssim']:.3f}")
     print("compare: psnr_db of metrics/decoder.json from the same extract and decoder params (dvc metrics show)")
 

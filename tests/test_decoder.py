@@ -13,6 +13,7 @@ import torch
 from conftest import make_images, requires_real_weights, write_raw
 
 from pipeline.core.checkpoint import NAME as CHECKPOINT
+from pipeline.core.training import Run
 from pipeline.data import cifar10
 from pipeline.tokenizer import decoder_training as dt, files as token_files
 from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
@@ -68,7 +69,7 @@ def load(paths: dict[str, Path]) -> dt.DecoderInputs:
 CODE = "code-v1"  # stands for hashing.code_sha256("decoder")
 
 
-def train(p: DecoderParams, inputs: dt.DecoderInputs, checkpoints: Path, code: str = CODE, **kwargs) -> dt.TrainResult:
+def train(p: DecoderParams, inputs: dt.DecoderInputs, checkpoints: Path, code: str = CODE, **kwargs) -> Run:
     return dt.train_decoder(p, inputs, checkpoints, torch.device("cpu"), "fp32", code, **kwargs)
 
 
@@ -189,6 +190,25 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, token_noi
     # A checkpoint made with other params is not resumed: training starts over (same as from scratch).
     other = train(params(epochs=1, lr=0.001), inputs, tmp_path / "resumed")
     assert len(other.history) == 1
+
+
+def test_saved_decoder_is_the_epoch_with_the_best_validation_psnr(tmp_path):
+    """The model a run returns (and the stage saves) is its best epoch on the PSNR curve; the resume
+    checkpoint stays the last epoch and names the best one."""
+    inputs, p = load(write_inputs(tmp_path)), params(epochs=4, lr=0.03)
+    per_epoch = {}
+
+    def snapshot(epoch: int) -> None:
+        per_epoch[epoch] = torch.load(tmp_path / "ckpt" / CHECKPOINT, weights_only=True)["model"]
+
+    run = train(p, inputs, tmp_path / "ckpt", on_epoch_end=snapshot)
+    curve = [h["val_psnr_db"] for h in run.history]
+    best = int(np.argmax(curve)) + 1
+    assert run.best["epoch"] == best and run.best["value"] == curve[best - 1]
+    weights = _weights(run.model)
+    assert all(torch.equal(weights[k], per_epoch[best][k]) for k in weights)
+    last = torch.load(tmp_path / "ckpt" / CHECKPOINT, weights_only=True)
+    assert last["epoch"] == p.epochs and last["best"]["epoch"] == best
 
 
 def test_token_noise_swaps_the_asked_fraction_of_codes_reproducibly():
@@ -335,6 +355,7 @@ def test_stage_end_to_end(tmp_path, monkeypatch, repo_params, torch_home, kind):
     metrics = json.loads(Path("metrics/decoder.json").read_text())
     assert metrics["kind"] == kind and metrics["tokens_per_image"] == grid * grid and metrics["n_images"] == 10 and metrics["split"] == "val"
     assert metrics["psnr_db"] > 0 and -1 <= metrics["ssim"] <= 1
+    assert (metrics["epochs"], metrics["best_epoch"]) == ((1, 1) if kind == "cnn" else (0, 0))
     assert "accuracy_reconstructions" not in metrics  # classifier scores come from the reconstruct stage
     assert Path("plots/reconstructions.png").is_file() and Path("data/models/decoder/config.json").is_file()
     assert Path("plots/decoder_loss.csv").read_text().startswith("epoch,train_loss,val_psnr_db")

@@ -398,7 +398,8 @@ TIMINGS = {  # keys that hold wall-clock measurements; everything else in these 
     "metrics/reconstruct.json": {"seconds"},
     "metrics/train.json": {"train_tokens_per_s"},
 }
-CHECKPOINTS_TIMED = {"data/checkpoints/decoder/last.pt": {"train_seconds"}, "data/checkpoints/gpt/last.pt": set()}
+# the training skeleton (core/training.py) records each run's wall-clock `seconds` in its checkpoint
+CHECKPOINTS_TIMED = {"data/checkpoints/decoder/last.pt": {"seconds"}, "data/checkpoints/gpt/last.pt": {"seconds"}}
 NOT_BYTE_IDENTICAL = {
     **{path: f"wall-clock timings {sorted(keys)}" for path, keys in TIMINGS.items()},
     **{path: "torch.save writes a random serialization id into every file"

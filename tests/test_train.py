@@ -18,6 +18,7 @@ from conftest import REPO
 from pipeline.tokenizer import files as tok
 from pipeline.tokenizer.files import write_tokens as write_token_file
 from pipeline.core import runtime
+from pipeline.core.atomic import write_json
 from pipeline.core.errors import PipelineError
 from pipeline.gpt.model import load_gpt
 from pipeline.gpt import training
@@ -30,7 +31,12 @@ CODE = "code-v1"  # stands for hashing.code_sha256("train")
 
 
 def train(p, paths, info=DistInfo(), code=CODE, **kwargs):
-    return training.train(p, paths, info, code=code, **kwargs)
+    """As the train stage: training.train writes model and plots, rank 0 writes the metrics it returns.
+    Returns the saved model (rank 0)."""
+    metrics = training.train(p, paths, info, code=code, **kwargs)
+    if info.main:
+        write_json(metrics_json(paths), metrics)
+        return load_gpt(paths.model_dir)
 
 
 def write_tokens(path: Path, n_train: int = 64, n_test: int = 32, k: int = K, grid: int = GRID, **attrs) -> Path:
@@ -60,7 +66,11 @@ def tiny_params(**overrides) -> TrainParams:
 
 
 def paths_in(root: Path, tokens: Path) -> TrainPaths:
-    return TrainPaths(tokens, root / "models/gpt", root / "checkpoints/gpt", root / "metrics/train.json", root / "plots")
+    return TrainPaths(tokens, root / "models/gpt", root / "checkpoints/gpt", root / "plots")
+
+
+def metrics_json(paths: TrainPaths) -> Path:
+    return paths.plots.parent / "metrics/train.json"
 
 
 @pytest.fixture
@@ -77,7 +87,7 @@ def test_train_writes_model_metrics_plots_and_learns(tmp_path, tokens_h5, monkey
     p = tiny_params(epochs=4, lr=3e-3, min_lr=3e-4, dropout=0.0, precision="auto")
     paths = paths_in(tmp_path, tokens_h5)
     train(p, paths)
-    metrics = json.loads(paths.metrics.read_text())
+    metrics = json.loads(metrics_json(paths).read_text())
     assert metrics["precision"] == "fp32"  # auto, resolved for this CPU, is what the outputs record
     assert json.loads((paths.model_dir / "config.json").read_text())["precision"] == "fp32"
     hist = (paths.plots / "train_loss.csv").read_text().splitlines()
@@ -156,7 +166,7 @@ def test_two_gloo_processes_match_single_process(tmp_path, tokens_h5, variant):
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], rtol=1e-4, atol=1e-5, msg=k)
     single_m = json.loads((tmp_path / "single/metrics/train.json").read_text())
-    ddp_m = json.loads(ddp_paths.metrics.read_text())
+    ddp_m = json.loads(metrics_json(ddp_paths).read_text())
     assert ddp_m["world_size"] == 2
     assert ddp_m["val_nll"] == pytest.approx(single_m["val_nll"], rel=1e-4)
 
@@ -201,9 +211,9 @@ def test_finished_run_rerun_writes_every_declared_output(tmp_path, tokens_h5):
     """Resumed at its last epoch, the stage still writes model, metrics and plots (DVC needs all)."""
     p, paths = tiny_params(epochs=2), paths_in(tmp_path, tokens_h5)
     train(p, paths)
-    outputs = [paths.model_dir / "model.safetensors", paths.metrics, paths.plots / "train_loss.csv",
+    outputs = [paths.model_dir / "model.safetensors", metrics_json(paths), paths.plots / "train_loss.csv",
                paths.plots / "train_loss.png"]  # fmt: skip
-    first = {o: o.read_bytes() for o in outputs if o != paths.metrics}
+    first = {o: o.read_bytes() for o in outputs if o != metrics_json(paths)}
     for o in outputs:
         o.unlink()
     train(p, paths)
@@ -223,7 +233,7 @@ def test_saved_model_is_the_epoch_with_the_lowest_validation_nll(tmp_path):
         per_epoch[epoch] = torch.load(paths.checkpoints / "last.pt", map_location="cpu", weights_only=True)["model"]
 
     train(p, paths, on_epoch_end=snapshot)
-    metrics = json.loads(paths.metrics.read_text())
+    metrics = json.loads(metrics_json(paths).read_text())
     val = [float(row.split(",")[2]) for row in (paths.plots / "train_loss.csv").read_text().splitlines()[1:]]
     best = int(np.argmin(val)) + 1
     assert metrics["best_epoch"] == best < p.epochs  # it over-fits: the last epoch is not the best

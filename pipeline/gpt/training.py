@@ -3,6 +3,10 @@
 One code path for 1 process and for `torchrun --nproc_per_node=N` (NCCL on GPU, gloo on CPU):
 `batch_size` is the GLOBAL batch, split evenly over ranks; rank 0 alone writes files.
 
+The epoch loop, checkpoint, resume, step and best-epoch selection are the shared skeleton
+(`core.training`); this file holds what is the GPT's own: DDP, torch.compile, flips, label dropout.
+`train` writes the model folder and plots/train_loss.csv/png and returns the metrics the stage writes.
+
 Model selection: after every epoch the NLL of the validation split is measured; the saved model is
 the epoch with the lowest one (train.json says which and why), while the resume checkpoint holds the
 last epoch (and the best one so far). The test split is never read here.
@@ -11,7 +15,7 @@ Augmentation (train.flip): every epoch each image is drawn either as it is or as
 mirror image (the `train_flip` split, made by extract + codebook), with probability 1/2.
 
 Determinism: the initial weights, the flips, the shuffle (DistributedSampler), label dropout and every rank's
-dropout RNG are derived from (seed, epoch[, rank]) inside a forked RNG (the caller's generators are
+dropout RNG are derived from (seed, epoch[, rank]) (`core.training.derive_seed`) inside a forked RNG (the caller's generators are
 left as they were), so a run resumed from an epoch checkpoint (`core.checkpoint`: same params, tokens
 and code) replays exactly what the uninterrupted run would have done, whatever the number of processes.
 """
@@ -33,7 +37,6 @@ from torch.utils.data import DistributedSampler
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from pipeline.core.atomic import write_json
 from pipeline.core.checkpoint import Checkpoint, run_fingerprint
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import sha256_file
@@ -41,15 +44,18 @@ from pipeline.core.plots import save_png, write_csv
 from pipeline.core.progress import Eta
 from pipeline.core.runtime import adamw, grad_scaler, resolve_compile, resolve_device, resolve_precision
 from pipeline.core.schedule import lr_at
+from pipeline.core.training import Run, Selection, derive_seed, fit, resume, set_lr, train_step
 from pipeline.gpt.likelihood import bits_per_image, mean_nll, nll_metrics
 from pipeline.gpt.model import GPT, GPTConfig, save_gpt, training_inputs
-from pipeline.gpt.step import train_step
 from pipeline.params import TrainParams
 from pipeline.tokenizer import files as tok
 
 log = logging.getLogger(__name__)
 
 POSTFIX_EVERY = 10  # loss.item() synchronises a GPU: read it only now and then
+SELECTION = Selection("val_loss", higher_is_better=False)  # the saved model: the lowest validation NLL
+# derive_seed streams of an epoch's draws (kept from before the shared skeleton: same runs, same numbers)
+LABEL_DROP_STREAM, DROPOUT_STREAM, MIRROR_STREAM = 0, 1, 2  # dropout: DROPOUT_STREAM + rank
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,6 @@ class TrainPaths:
     tokens: Path
     model_dir: Path
     checkpoints: Path
-    metrics: Path  # metrics/train.json
     plots: Path  # directory for train_loss.csv / .png
 
 
@@ -99,10 +104,6 @@ def model_config(p: TrainParams, meta: tok.TokenMeta) -> GPTConfig:
     )
 
 
-def _seed(seed: int, epoch: int, salt: int) -> int:
-    return (seed * 1_000_003 + epoch * 7_919 + salt) % 2**63
-
-
 def _all_reduce(values: list[float], info: DistInfo) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=info.device)
     if info.world > 1:
@@ -140,8 +141,9 @@ def train(
     precision: str | None = None,
     slow_hint: str = "",
     on_epoch_end: Callable[[int], None] | None = None,
-) -> GPT:
-    """Train (or resume) and, on rank 0, write model, metrics and plots. Returns the raw model.
+) -> dict:
+    """Train (or resume) and, on rank 0, write the model folder and the loss curves; returns the metrics
+    (metrics/train.json, which the stage writes on rank 0).
 
     `code` identifies the training code (hashing.code_sha256): a checkpoint written by other code is
     not resumed. `precision` is p.precision resolved for the device (`runtime.resolve_precision`;
@@ -158,26 +160,14 @@ def train(
         torch.manual_seed(p.seed)  # identical initial weights on every rank
         model = GPT(cfg).to(info.device)
         opt = adamw(model.param_groups(p.weight_decay), info.device, lr=p.lr, betas=(p.beta1, p.beta2))
-        scaler = grad_scaler(info.device, precision)
         batches = EpochBatches(len(train_split.tokens), p, info)
         total_steps = batches.steps * p.epochs
         # how the numbers are computed (the precision as resolved here), not where
         params = p.model_dump(exclude={"device", "compile"}) | {"precision": precision}
         fingerprint = run_fingerprint(params, {"tokens": sha256_file(paths.tokens)}, code)
         ckpt = Checkpoint(paths.checkpoints, fingerprint, "train")
-
-        start_epoch, step, history, best = 0, 0, [], None
-        state = ckpt.load() if info.main else None
-        if info.world > 1:  # rank 0 alone reads it (the directory may be local to its node)
-            box = [state]
-            dist.broadcast_object_list(box, src=0, device=info.device)
-            state = box[0]
-        if state is not None:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            if scaler.is_enabled():
-                scaler.load_state_dict(state["scaler"])
-            start_epoch, step, history, best = state["epoch"], state["step"], state["history"], state["best"]
+        run = Run(model, opt, grad_scaler(info.device, precision))
+        resume(run, ckpt, main=info.main, world=info.world, device=info.device)
 
         if info.world > 1:
             # the only buffers are constants derived from the config (masks, rotary tables): no per-step sync
@@ -202,62 +192,62 @@ def train(
         train_codes, train_labels = train_split.tokens.to(info.device), train_split.labels.to(info.device)
         flipped = flipped.to(info.device) if flipped is not None else None
         tokens_per_step = p.batch_size * cfg.block_size
-        eta = Eta("train", total_steps - step, "steps", slow_minutes=30, slow_hint=slow_hint)
-        train_time, epochs_here = 0.0, 0
-        for epoch in range(start_epoch, p.epochs):
-            torch.manual_seed(_seed(p.seed, epoch, 1 + info.rank))  # dropout RNG, per rank
-            drop = torch.rand(len(train_split.tokens), generator=torch.Generator().manual_seed(_seed(p.seed, epoch, 0)))
+        eta = Eta("train", total_steps - run.step, "steps", slow_minutes=30, slow_hint=slow_hint)
+
+        def loss_of(inputs: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+            return net(inputs, codes)[1]
+
+        def train_epoch(epoch: int) -> dict:
+            torch.manual_seed(derive_seed(p.seed, epoch, DROPOUT_STREAM + info.rank))  # per rank
+            seed = derive_seed(p.seed, epoch, LABEL_DROP_STREAM)
+            drop = torch.rand(len(train_codes), generator=torch.Generator().manual_seed(seed))
             drop = (drop < p.label_dropout).to(info.device)  # per sequence, so it does not depend on the rank split
             codes_epoch = train_codes
             if flipped is not None:  # per sequence too: the image or its mirror, half and half
-                mirror = torch.rand(len(codes_epoch), generator=torch.Generator().manual_seed(_seed(p.seed, epoch, 2)))
+                seed = derive_seed(p.seed, epoch, MIRROR_STREAM)
+                mirror = torch.rand(len(codes_epoch), generator=torch.Generator().manual_seed(seed))
                 codes_epoch = torch.where((mirror < 0.5).to(info.device)[:, None], flipped, codes_epoch)
             model.train()
             loss_sum, t0 = torch.zeros((), device=info.device), time.perf_counter()
             bar = tqdm(batches.epoch(epoch, info.device), desc=f"epoch {epoch + 1}/{p.epochs}", disable=not info.main,
                        leave=False)
             for i, idx in enumerate(bar):
-                lr = lr_at(step, total_steps, p.warmup_steps, p.lr, p.min_lr)
-                for g in opt.param_groups:
-                    g["lr"] = lr
+                lr = lr_at(run.step, total_steps, p.warmup_steps, p.lr, p.min_lr)
+                set_lr(opt, lr)
                 if graphs:  # a new iteration: CUDA-graph outputs of the previous one may be overwritten
                     torch.compiler.cudagraph_mark_step_begin()
                 codes = codes_epoch[idx]
                 prefix = torch.where(drop[idx], cfg.null_token, cfg.prefix(train_labels[idx], len(idx), info.device))
-                loss = train_step(net, model.parameters(), opt, scaler, training_inputs(codes, prefix), codes,
-                                  precision, p.grad_clip)
-                step += 1
+                loss = train_step(loss_of, (training_inputs(codes, prefix), codes), opt, run.scaler, info.device,
+                                  precision, p.grad_clip, model.parameters())  # fmt: skip
+                run.step += 1
                 loss_sum += loss
                 if info.main and i % POSTFIX_EVERY == 0:
                     rate = (i + 1) * tokens_per_step / (time.perf_counter() - t0)
                     bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
                 if info.main:
                     eta.update(1)
-            train_time += time.perf_counter() - t0
-            epochs_here += 1
-            train_loss = _all_reduce([loss_sum.item() / batches.steps], info)[0] / info.world
-            val_nll = mean_nll(model, val_split, 2 * batches.local, info.device, precision, info.rank, info.world)
-            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_nll})
-            if best is None or val_nll < best["val_nll"]:
-                best = {"epoch": epoch + 1, "val_nll": val_nll,
-                        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}  # fmt: skip
-            if info.main:
-                log.info(
-                    "epoch %d/%d: train %.4f, val %.4f nats/token (%.1f bits/image; best: epoch %d), %.0f tokens/s",
-                    epoch + 1, p.epochs, history[-1]["train_loss"], val_nll, bits_per_image(val_nll, cfg.block_size),
-                    best["epoch"], batches.steps * tokens_per_step / (time.perf_counter() - t0),
-                )
-                ckpt.save({"epoch": epoch + 1, "step": step, "history": history, "best": best, "model": model.state_dict(),
-                           "optimizer": opt.state_dict(), "scaler": scaler.state_dict()})  # fmt: skip
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1)
+            return {"train_loss": _all_reduce([loss_sum.item() / batches.steps], info)[0] / info.world}
 
+        def validate() -> dict:
+            return {"val_loss": mean_nll(model, val_split, 2 * batches.local, info.device, precision, info.rank, info.world)}
+
+        def describe(r: dict, seconds: float) -> str:
+            return (f"train {r['train_loss']:.4f}, val {r['val_loss']:.4f} nats/token "
+                    f"({bits_per_image(r['val_loss'], cfg.block_size):.1f} bits/image), "
+                    f"{batches.steps * tokens_per_step / seconds:.0f} tokens/s")  # fmt: skip
+
+        fit(run, ckpt, p.epochs, train_epoch, validate, SELECTION, describe=describe, main=info.main,
+            on_epoch_end=on_epoch_end)  # fmt: skip
+
+    tokens_per_s = run.epochs_here * batches.steps * tokens_per_step / run.train_seconds_here if run.epochs_here else 0.0
     if info.main:  # every declared output, also when all epochs came from the checkpoint
-        tokens_per_s = epochs_here * batches.steps * tokens_per_step / train_time if train_time else 0.0
-        _write_plots(history, paths.plots)
-        model.load_state_dict(best["model"])
-        _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info, precision, compile_mode)
-    return model
+        _write_plots(run.history, paths.plots)
+        save_gpt(model, paths.model_dir, {
+            "classes": list(meta.classes), "encoder": meta.encoder, "codebook_sha256": meta.codebook_sha256,
+            "train": p.model_dump(), "epoch": run.best["epoch"], "precision": precision,
+        })  # fmt: skip
+    return _metrics(model, run, tokens_per_s, info, precision, compile_mode)
 
 
 def _write_plots(history: list[dict], plots: Path) -> None:
@@ -274,20 +264,15 @@ def _write_plots(history: list[dict], plots: Path) -> None:
     save_png(fig, plots / "train_loss.png")
 
 
-def _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info, precision, compile_mode) -> None:
-    """The best epoch's model (already loaded into `model`), and train.json saying which and why."""
-    at_best = history[best["epoch"] - 1]
-    save_gpt(model, paths.model_dir, {
-        "classes": list(meta.classes), "encoder": meta.encoder, "codebook_sha256": meta.codebook_sha256,
-        "train": p.model_dump(), "epoch": best["epoch"], "precision": precision,
-    })  # fmt: skip
-    metrics = {
-        "best_epoch": best["epoch"],
+def _metrics(model: GPT, run: Run, tokens_per_s: float, info: DistInfo, precision: str, compile_mode: str | None) -> dict:
+    """train.json: the best epoch (the saved model), which and why, and how the run went."""
+    return {
+        "best_epoch": run.best["epoch"],
         "selection": "the saved model is the epoch with the lowest validation NLL",
-        **nll_metrics(best["val_nll"], model.cfg.block_size, "val"),
-        "train_loss": at_best["train_loss"],
-        "epochs": len(history),
-        "last_val_nll": history[-1]["val_loss"],
+        **nll_metrics(run.best["value"], model.cfg.block_size, "val"),
+        "train_loss": run.history[run.best["epoch"] - 1]["train_loss"],
+        "epochs": len(run.history),
+        "last_val_nll": run.history[-1]["val_loss"],
         "params": model.num_params(),
         # throughput of the epochs run by this process (0 when all came from a checkpoint)
         "train_tokens_per_s": tokens_per_s,
@@ -296,10 +281,6 @@ def _write_outputs(model, p, meta, paths, history, best, tokens_per_s, info, pre
         "precision": precision,
         "compile": compile_mode or "none",
     }
-    write_json(paths.metrics, metrics)
-    log.info("saved epoch %d of %d (lowest validation NLL %.4f nats/token = %.1f bits/image) -> %s, %s",
-             best["epoch"], len(history), best["val_nll"], metrics["val_bits_per_image"], paths.model_dir,
-             paths.metrics)  # fmt: skip
 
 
 def _flipped_tokens(path: Path, meta: tok.TokenMeta, train: tok.TokenSplit) -> torch.Tensor:

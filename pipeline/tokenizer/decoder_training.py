@@ -9,11 +9,15 @@ for random ones (validation is always on the true codes).
 Loss: pixel L1/MSE + perceptual_weight x MSE between the frozen encoder's standardised features of
 the reconstruction and of the original (the same encoder, layers, grid and stats as extract).
 
-The loop is the GPT trainer's convention: the learning rate is set explicitly at every step
-(`schedule.lr_at`), the batch order of epoch e comes from a generator seeded with (seed, e), and after
-every epoch the model, optimizer, epoch, step and history go into one checkpoint
-(`core.checkpoint`), reused only by the same params, inputs and code. So a resumed run reproduces an
-uninterrupted one exactly on CPU.
+The loop is the shared skeleton (`core.training`, as the GPT's): the learning rate is set explicitly at
+every step (`schedule.lr_at`), the batch order of epoch e and the token noise of step s come from
+generators seeded with `derive_seed` (seed, e) and (seed, s), and after every epoch the model, optimizer,
+epoch, step, history and best epoch go into one checkpoint (`core.checkpoint`), reused only by the same
+params, inputs and code. So a resumed run reproduces an uninterrupted one exactly on CPU. The saved decoder
+is the epoch with the highest validation PSNR on the first CURVE_IMAGES val images (decoder.json: best_epoch).
+
+`run_decoder` is the stage: it trains (or builds the `pixels` palette decoder), writes the decoder folder,
+plots/decoder_loss.csv and plots/reconstructions.png, and returns the metrics the stage writes.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -31,29 +35,33 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.core.atomic import write_json
 from pipeline.core.checkpoint import Checkpoint, run_fingerprint
 from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import sha256_file
-from pipeline.core.images import tile_rows, to_float_nchw
+from pipeline.core.images import tile_rows, to_float_nchw, write_png
 from pipeline.core.plots import write_csv
 from pipeline.core.progress import Eta
-from pipeline.core.runtime import adamw, autocast, grad_scaler
+from pipeline.core.runtime import adamw, grad_scaler
 from pipeline.core.schedule import lr_at
+from pipeline.core.training import Run, Selection, derive_seed, fit, resume, set_lr, train_step
 from pipeline.data import cifar10
-from pipeline.evaluation.reconstruction import psnr
+from pipeline.evaluation.reconstruction import pixel_metrics, psnr
 from pipeline.features.encoders import build_encoder
 from pipeline.features.extract import GridSpec, grid_features
 from pipeline.features.files import read_feature_info
 from pipeline.params import DecoderParams
 from pipeline.tokenizer import files as token_io
 from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
-from pipeline.tokenizer.decoding import TokenDecoder
+from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder, save_cnn_decoder, save_palette_decoder
 from pipeline.tokenizer.palette import palette_decode
 
 log = logging.getLogger(__name__)
 
 CURVE_IMAGES = 1000  # validation images decoded after each epoch for the PSNR curve
 POSTFIX_EVERY = 10  # reading the loss synchronises a GPU: only now and then
+SELECTION = Selection("val_psnr_db", higher_is_better=True)  # the saved decoder: the best PSNR curve epoch
+ORDER_STREAM, NOISE_STREAM = 0, 1  # derive_seed streams: the batch order per epoch, the token noise per step
 
 
 @dataclass
@@ -165,13 +173,6 @@ def build_feature_loss(inputs: DecoderInputs, device: torch.device) -> FeatureLo
     return feature_loss(inputs.encoder, inputs.layers, inputs.grid, inputs.feature_attrs, inputs.mean, inputs.std, device)
 
 
-@dataclass
-class TrainResult:
-    model: InverseCNN
-    history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, val_psnr_db
-    train_seconds: float = 0.0
-
-
 def _pixel_loss(kind: str) -> Callable:
     return F.l1_loss if kind == "l1" else F.mse_loss
 
@@ -186,7 +187,7 @@ def training_loss(p: DecoderParams, feature_loss: nn.Module | None) -> Callable:
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The decoder's batch order in epoch `epoch`: a permutation of n seeded by (seed, epoch), so resuming repeats it."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, epoch, ORDER_STREAM)))
 
 
 def perturb_tokens(tokens: torch.Tensor, fraction: float, k: int, seed: int, step: int, codes_per_cell: int = 1) -> torch.Tensor:
@@ -196,7 +197,7 @@ def perturb_tokens(tokens: torch.Tensor, fraction: float, k: int, seed: int, ste
     the same noise."""
     if fraction == 0:
         return tokens
-    g = torch.Generator(device=tokens.device).manual_seed(seed * 1_000_003 + step)
+    g = torch.Generator(device=tokens.device).manual_seed(derive_seed(seed, step, NOISE_STREAM))
     swap = torch.rand(tokens.shape, generator=g, device=tokens.device) < fraction
     level_k = k // codes_per_cell
     drawn = torch.randint(0, level_k, tokens.shape, generator=g, device=tokens.device)
@@ -205,17 +206,57 @@ def perturb_tokens(tokens: torch.Tensor, fraction: float, k: int, seed: int, ste
     return torch.where(swap, drawn, tokens)
 
 
-def training_step(model: InverseCNN, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                  grid: torch.Tensor, target: torch.Tensor, loss_fn: Callable, precision: str) -> torch.Tensor:
-    """One update on a batch of input grids (N, C, g, g) and their original images (float NCHW); the detached
-    loss. The stage's grids are centroids (`model.embed(tokens)`); tokenizer_ceiling's are the features."""
-    with autocast(target.device, precision):
-        loss = loss_fn(model(grid).float(), target)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
+def fit_decoder(
+    p: DecoderParams,
+    model: InverseCNN,
+    n: int,
+    batch: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
+    val_psnr: Callable[[], float],
+    checkpoint: Checkpoint | None,
+    device: torch.device,
+    precision: str,
+    loss_fn: Callable,
+    *,
+    slow_hint: str = "",
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> Run:
+    """The decoder's loop on any input grids (the stage's centroid grids, tokenizer_ceiling's features):
+    p.epochs over `n` training pairs in `epoch_order`, lr = p.lr x warm-up + cosine to 0, the best epoch on
+    `val_psnr()` kept (core.training.fit). `batch(idx, step)` -> (input grids (N, C, g, g), original images
+    float NCHW) of the pairs `idx`. `checkpoint` None: no resume and no saving."""
+    optimizer = adamw(model.parameters(), device, lr=p.lr, weight_decay=p.weight_decay)
+    run = Run(model, optimizer, grad_scaler(device, precision))
+    if checkpoint is not None:
+        resume(run, checkpoint)
+    steps_per_epoch = math.ceil(n / p.batch_size)
+    total_steps = steps_per_epoch * p.epochs
+    eta = Eta("decoder", total_steps - run.step, "steps", slow_minutes=15, slow_hint=slow_hint)
+
+    def loss_of(grid: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return loss_fn(model(grid).float(), target)
+
+    def train_epoch(epoch: int) -> dict:
+        model.train()
+        order = epoch_order(n, p.seed, epoch).to(device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        bar = tqdm(range(steps_per_epoch), desc=f"decoder epoch {epoch + 1}/{p.epochs}", unit="batch", leave=False)
+        for i in bar:
+            lr = p.lr * lr_at(run.step, total_steps, p.warmup_steps, 1.0, 0.0)  # warm-up, cosine to 0
+            set_lr(optimizer, lr)
+            idx = order[i * p.batch_size : (i + 1) * p.batch_size]
+            loss = train_step(loss_of, batch(idx, run.step), optimizer, run.scaler, device, precision)
+            run.step += 1
+            loss_sum += loss.double() * len(idx)
+            if i % POSTFIX_EVERY == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            eta.update(1)
+        return {"train_loss": loss_sum.item() / n}
+
+    def describe(r: dict, seconds: float) -> str:
+        return f"train loss {r['train_loss']:.4f}, val PSNR {r['val_psnr_db']:.2f} dB"
+
+    return fit(run, checkpoint, p.epochs, train_epoch, lambda: {"val_psnr_db": val_psnr()}, SELECTION,
+               describe=describe, on_epoch_end=on_epoch_end)  # fmt: skip
 
 
 def train_decoder(
@@ -228,10 +269,11 @@ def train_decoder(
     feature_loss: nn.Module | None = None,
     slow_hint: str = "",
     on_epoch_end: Callable[[int], None] | None = None,
-) -> TrainResult:
-    """Train (or resume) the decoder for p.epochs; checkpoint after every epoch. `precision` is
-    p.precision resolved for `device` (`runtime.resolve_precision`). `code` identifies the training code
-    (hashing.code_sha256): a checkpoint written by other code is not resumed."""
+) -> Run:
+    """Train (or resume) the decoder on the centroid grids of `inputs` for p.epochs; checkpoint after every
+    epoch; run.model ends as the epoch with the best validation PSNR on the first CURVE_IMAGES val images.
+    `precision` is p.precision resolved for `device` (`runtime.resolve_precision`). `code` identifies the
+    training code (hashing.code_sha256): a checkpoint written by other code is not resumed."""
     config = DecoderConfig(
         in_channels=inputs.centroids.shape[1], grid=inputs.grid, k=len(inputs.centroids),
         channels=p.channels, res_blocks=p.res_blocks, codes_per_cell=inputs.codes_per_cell,
@@ -239,64 +281,73 @@ def train_decoder(
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's RNG untouched
         torch.manual_seed(p.seed)
         model = InverseCNN(config, inputs.centroids).to(device)
-    optimizer = adamw(model.parameters(), device, lr=p.lr, weight_decay=p.weight_decay)
-    scaler = grad_scaler(device, precision)
-    n = len(inputs.train_tokens)
-    steps_per_epoch = math.ceil(n / p.batch_size)
-    total_steps = steps_per_epoch * p.epochs
     params = p.model_dump(exclude={"device"}) | {"precision": precision}  # as resolved on this device
     ckpt = Checkpoint(checkpoint_dir, run_fingerprint(params, inputs.input_hashes, code), "decoder")
-    result, start_epoch, step = TrainResult(model), 0, 0
-    if (state := ckpt.load()) is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        result.history, result.train_seconds = list(state["history"]), float(state["train_seconds"])
-
     tokens = torch.from_numpy(inputs.train_tokens.astype(np.int64)).to(device)
     images = torch.from_numpy(inputs.train_images).to(device)  # uint8 NHWC; converted per batch
     curve_tokens, curve_images = inputs.val_tokens[:CURVE_IMAGES], inputs.val_images[:CURVE_IMAGES]
-    loss_fn = training_loss(p, feature_loss)
     use_features = feature_loss is not None and p.perceptual_weight > 0
-    eta = Eta("decoder", total_steps - step, "steps", slow_minutes=15, slow_hint=slow_hint)
     log.info(
-        "decoder: %s, %.2f M params, %d epochs x %d steps on %s (%s), loss %s%s",
-        config, sum(q.numel() for q in model.parameters()) / 1e6, p.epochs, steps_per_epoch, device, precision,
-        p.pixel_loss, f" + {p.perceptual_weight} x perceptual" if use_features else "",
+        "decoder: %s, %.2f M params, %d epochs x %d steps on %s (%s), loss %s%s; val PSNR on the first %d val images",
+        config, sum(q.numel() for q in model.parameters()) / 1e6, p.epochs, math.ceil(len(tokens) / p.batch_size),
+        device, precision, p.pixel_loss, f" + {p.perceptual_weight} x perceptual" if use_features else "",
+        len(curve_images),
     )  # fmt: skip
-    for epoch in range(start_epoch, p.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        order = epoch_order(n, p.seed, epoch).to(device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        bar = tqdm(range(steps_per_epoch), desc=f"decoder epoch {epoch + 1}/{p.epochs}", unit="batch", leave=False)
-        for i in bar:
-            lr = p.lr * lr_at(step, total_steps, p.warmup_steps, 1.0, 0.0)  # warm-up, cosine to 0
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx = order[i * p.batch_size : (i + 1) * p.batch_size]
-            grid = model.embed(perturb_tokens(tokens[idx], p.token_noise, config.k, p.seed, step, config.codes_per_cell))
-            loss = training_step(model, optimizer, scaler, grid, to_float_nchw(images[idx], device), loss_fn, precision)
-            step += 1
-            loss_sum += loss.double() * len(idx)
-            if i % POSTFIX_EVERY == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-            eta.update(1)
+
+    def batch(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        noisy = perturb_tokens(tokens[idx], p.token_noise, config.k, p.seed, step, config.codes_per_cell)
+        return model.embed(noisy), to_float_nchw(images[idx], device)
+
+    def val_psnr() -> float:
         decoder = TokenDecoder("cnn", config.grid, config.k, model=model)
-        val_psnr = psnr(curve_images, decoder.decode(curve_tokens, p.batch_size, device, precision))
-        result.train_seconds += time.perf_counter() - t0
-        result.history.append({"epoch": epoch + 1, "train_loss": loss_sum.item() / n, "val_psnr_db": val_psnr})
-        log.info("decoder epoch %d/%d: train loss %.4f, val PSNR %.2f dB (first %d val images)",
-                 epoch + 1, p.epochs, result.history[-1]["train_loss"], val_psnr, len(curve_images))  # fmt: skip
-        ckpt.save({
-            "epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "history": result.history, "train_seconds": result.train_seconds,
-        })  # fmt: skip
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
-    return result
+        return psnr(curve_images, decoder.decode(curve_tokens, p.batch_size, device, precision))
+
+    return fit_decoder(p, model, len(tokens), batch, val_psnr, ckpt, device, precision, training_loss(p, feature_loss),
+                       slow_hint=slow_hint, on_epoch_end=on_epoch_end)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DecoderPaths:
+    tokens: Path
+    codebook: Path
+    features: Path
+    raw: Path
+    model_dir: Path
+    checkpoints: Path
+    loss_csv: Path  # plots/decoder_loss.csv
+    grid_png: Path  # plots/reconstructions.png
+
+
+def run_decoder(p: DecoderParams, paths: DecoderPaths, device: torch.device, precision: str, *, code: str,
+                slow_hint: str = "") -> dict:  # fmt: skip
+    """The decoder stage: train the inverse CNN (or build the palette decoder), write the decoder folder, the
+    per-epoch curve and the reconstructions grid; returns the validation metrics (metrics/decoder.json)."""
+    inputs = load_inputs(paths.tokens, paths.codebook, paths.features, paths.raw)
+    extra = {"encoder": inputs.encoder, "layers": inputs.layers, "codebook_sha256": inputs.codebook_sha256}
+    history, train_seconds, best_epoch = [], 0.0, 0
+    if inputs.is_palette:
+        save_palette_decoder(palette_colours(inputs), paths.model_dir, extra)
+        # The checkpoint folder is a declared (persist) output: say why it holds no checkpoint.
+        write_json(paths.checkpoints / "palette.json", {"kind": "palette", "note": "no training, no checkpoint"})
+    else:
+        feature_loss = build_feature_loss(inputs, device) if p.perceptual_weight > 0 else None
+        run = train_decoder(p, inputs, paths.checkpoints, device, precision, code, feature_loss, slow_hint=slow_hint)
+        save_cnn_decoder(run.model.cpu(), paths.model_dir, extra | {"precision": precision})
+        history, train_seconds, best_epoch = run.history, run.seconds, run.best["epoch"]
+    write_history_csv(history, paths.loss_csv)
+
+    t0 = time.perf_counter()
+    token_decoder = load_token_decoder(paths.model_dir)
+    reconstructions = token_decoder.decode(inputs.val_tokens, p.batch_size, device)
+    metrics = pixel_metrics(inputs.val_images, reconstructions)  # classifier scores: the reconstruct stage
+    metrics.update(
+        split="val", kind=token_decoder.kind, encoder=inputs.encoder, tokens_per_image=int(inputs.val_tokens.shape[1]),
+        k=token_decoder.k, n_images=len(reconstructions), epochs=len(history), best_epoch=best_epoch,
+        train_seconds=round(train_seconds, 1), eval_seconds=round(time.perf_counter() - t0, 1), device=str(device),
+        precision=precision,
+    )  # fmt: skip
+    write_png(reconstruction_grid(inputs.val_images, reconstructions), paths.grid_png)
+    return metrics
 
 
 def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, columns: int = 16, pairs: int = 2) -> np.ndarray:
