@@ -50,8 +50,10 @@ def plan(preset: str, cuda: bool) -> Plan:
 def announce(p: Plan) -> str:
     other = "gpu" if p.preset == "cpu" else "cpu"
     if p.preset == "cpu":
-        what = (f"the CPU preset ({CPU_PRESET}: a smaller decoder and GPT, about 20-40 min on 2 cores), applied with "
-                f"`dvc exp run -S ...`: params.yaml and dvc.lock then hold exactly the params that made the outputs")
+        what = (
+            f"the CPU preset ({CPU_PRESET}: a smaller decoder and GPT, about 20-40 min on 2 cores), applied with "
+            f"`dvc exp run -S ...`: params.yaml and dvc.lock then hold exactly the params that made the outputs"
+        )
     else:
         what = f"the default {DEFAULT_PARAMS} (sized for one GPU) with `dvc repro`"
     return f"make repro: {p.reason} -> {what}.\n  The other one: make repro PRESET={other}\n  $ {' '.join(p.command)}"
@@ -73,8 +75,11 @@ def main() -> None:
     p = plan(args.preset, torch.cuda.is_available())
     print(announce(p), flush=True)
     if p.preset == "gpu" and params_edited():
-        print(f"  note: {DEFAULT_PARAMS} differs from the committed one (an earlier CPU-preset run writes its values "
-              f"there); it runs as it is. `git checkout {DEFAULT_PARAMS}` restores the default.", flush=True)
+        print(
+            f"  note: {DEFAULT_PARAMS} differs from the committed one (an earlier CPU-preset run writes its values "
+            f"there); it runs as it is. `git checkout {DEFAULT_PARAMS}` restores the default.",
+            flush=True,
+        )
     if args.dry_run:
         if problem := lock_problem(ROOT / "dvc.lock"):
             print(f"  note: dvc.lock: {problem}; a real run moves it aside first", flush=True)

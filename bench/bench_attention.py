@@ -20,22 +20,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
 from bench_gpt import train_steps
 from bench_gpt_step import run_config
+
 from pipeline.core.runtime import describe_cpu, resolve_device, resolve_precision
 from pipeline.gpt import sampling
 from pipeline.gpt.model import GPT
 from pipeline.gpt.training import model_config
 from pipeline.params import load_cpu_preset, load_params
 from pipeline.tokenizer.files import TokenMeta
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = {  # name: train.* overrides of the benchmarked params
     "full (default)": {},
@@ -96,16 +95,26 @@ def main() -> None:
     sample_params = p.sample.model_copy(update={"batch_size": args.batch or p.sample.batch_size})
     tr = p.train
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else describe_cpu()
-    out = {"device": device_name, "threads": args.threads, "precision": precision, "torch": torch.__version__,
-           "preset": {"n_layer": tr.n_layer, "n_head": tr.n_head, "n_embd": tr.n_embd, "batch": tr.batch_size},
-           "sampling": {"images": args.images, "batch": sample_params.batch_size}, "variants": {}}  # fmt: skip
+    out = {
+        "device": device_name,
+        "threads": args.threads,
+        "precision": precision,
+        "torch": torch.__version__,
+        "preset": {"n_layer": tr.n_layer, "n_head": tr.n_head, "n_embd": tr.n_embd, "batch": tr.batch_size},
+        "sampling": {"images": args.images, "batch": sample_params.batch_size},
+        "variants": {},
+    }
     per = "per core-second" if device.type == "cpu" else "wall time"
-    print(f"{device_name}, torch {torch.__version__}, {args.threads} thread(s), {per}; "
-          f"{'default' if args.default else 'CPU-preset'} GPT "
-          f"{tr.n_layer}x{tr.n_embd}, {tr.n_head} heads, train batch {tr.batch_size} in {precision}; sampling "
-          f"{args.images} images at batch {sample_params.batch_size} with the KV cache")
-    print(f"{'variant':28s} {'params':>8s} {'train tokens/s':>15s} {'vs full':>8s} {'sampling img/s':>15s} "
-          f"{'vs full':>8s} {'KV cache KiB/img':>17s}")
+    print(
+        f"{device_name}, torch {torch.__version__}, {args.threads} thread(s), {per}; "
+        f"{'default' if args.default else 'CPU-preset'} GPT "
+        f"{tr.n_layer}x{tr.n_embd}, {tr.n_head} heads, train batch {tr.batch_size} in {precision}; sampling "
+        f"{args.images} images at batch {sample_params.batch_size} with the KV cache"
+    )
+    print(
+        f"{'variant':28s} {'params':>8s} {'train tokens/s':>15s} {'vs full':>8s} {'sampling img/s':>15s} "
+        f"{'vs full':>8s} {'KV cache KiB/img':>17s}"
+    )
     models, rows = {}, out["variants"]
     for name in args.variants:
         cfg = model_config(tr.model_copy(update=VARIANTS[name]), meta)
@@ -113,8 +122,13 @@ def main() -> None:
         models[name] = model = GPT(cfg).to(device).eval()
         sampling_images_per_s(model, sample_params, min(args.images, 20))  # warm-up
         cache_kib = 2 * cfg.n_layer * cfg.kv_heads * (cfg.n_embd // cfg.n_head) * cfg.block_size * 4 / 1024
-        rows[name] = {"overrides": VARIANTS[name], "params": model.num_params(), "train_tokens_per_s": 0.0,
-                      "sampling_images_per_s": 0.0, "kv_cache_kib_per_image": cache_kib}  # fmt: skip
+        rows[name] = {
+            "overrides": VARIANTS[name],
+            "params": model.num_params(),
+            "train_tokens_per_s": 0.0,
+            "sampling_images_per_s": 0.0,
+            "kv_cache_kib_per_image": cache_kib,
+        }
     for _ in range(args.rounds):
         for name, model in models.items():
             row = rows[name]
@@ -127,8 +141,10 @@ def main() -> None:
     base = rows[args.variants[0]]
     for name, row in rows.items():
         train, images = row["train_tokens_per_s"], row["sampling_images_per_s"]
-        print(f"{name:28s} {row['params'] / 1e6:7.3f}M {train:15,.0f} {train / base['train_tokens_per_s']:7.2f}x "
-              f"{images:15,.1f} {images / base['sampling_images_per_s']:7.2f}x {row['kv_cache_kib_per_image']:17.0f}")
+        print(
+            f"{name:28s} {row['params'] / 1e6:7.3f}M {train:15,.0f} {train / base['train_tokens_per_s']:7.2f}x "
+            f"{images:15,.1f} {images / base['sampling_images_per_s']:7.2f}x {row['kv_cache_kib_per_image']:17.0f}"
+        )
 
 
 if __name__ == "__main__":

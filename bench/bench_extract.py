@@ -12,7 +12,6 @@ Also prints ResNet-20 test accuracy fp32 vs the fast path and the feature differ
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,20 +21,25 @@ import numpy as np
 import torch
 from torch.fx.experimental.optimization import fuse
 
-
-from pipeline.data import cifar10
 from pipeline.core.atomic import atomic_path
+from pipeline.core.runtime import autocast, resolve_device, resolve_precision
+from pipeline.data import cifar10
 from pipeline.evaluation.classifier import classify
 from pipeline.features.encoders import build_encoder
 from pipeline.features.encoders.cifar_resnet import load_cifar_resnet
 from pipeline.features.extract import (
-    GridSpec, RunningStats, _standardize_in_place, encode_batch, extract_spec, has_convs, prepare_encoder,
+    GridSpec,
+    RunningStats,
+    _standardize_in_place,
+    encode_batch,
+    extract_spec,
+    has_convs,
+    prepare_encoder,
     write_features,
 )
 from pipeline.params import load_params
-from pipeline.core.runtime import autocast, resolve_device, resolve_precision
-from stages import setup_logging
 from pipeline.paths import RAW
+from stages import setup_logging
 
 
 def baseline(target: Path, encoder, splits, spec: GridSpec, device, batch_size: int = 500) -> None:
@@ -49,8 +53,9 @@ def baseline(target: Path, encoder, splits, spec: GridSpec, device, batch_size: 
             for start in range(0, len(images), batch_size):
                 feats = encode_batch(encoder, images[start : start + batch_size], spec, device, "fp32", False)
                 if dset is None:
-                    dset = f.create_dataset(f"{split}/features", (len(images), *feats.shape[1:]), np.float16,
-                                            chunks=(73, *feats.shape[1:]))
+                    dset = f.create_dataset(
+                        f"{split}/features", (len(images), *feats.shape[1:]), np.float16, chunks=(73, *feats.shape[1:])
+                    )
                 if split == "train":
                     stats.update(feats)
                 else:
@@ -68,13 +73,17 @@ def compare(a: Path, b: Path, block: int = 5000) -> tuple[float, float]:
     with h5py.File(a) as fa, h5py.File(b) as fb:
         for split in ("train", "test"):
             for s in range(0, len(fa[f"{split}/features"]), block):
-                d = np.abs(fa[f"{split}/features"][s : s + block].astype(np.float32)
-                           - fb[f"{split}/features"][s : s + block].astype(np.float32))
+                d = np.abs(
+                    fa[f"{split}/features"][s : s + block].astype(np.float32)
+                    - fb[f"{split}/features"][s : s + block].astype(np.float32)
+                )
                 worst, total, count = max(worst, float(d.max())), total + float(d.sum(dtype=np.float64)), count + d.size
     return worst, total / count
 
 
-def interleaved(encoder, images: np.ndarray, spec: GridSpec, device, p, precision: str, rounds: int = 8) -> tuple[float, float]:
+def interleaved(
+    encoder, images: np.ndarray, spec: GridSpec, device, p, precision: str, rounds: int = 8
+) -> tuple[float, float]:
     """Encoder-step images/s of both paths, alternating on the same images round by round.
 
     The whole-file timings above run one after the other, so on a shared machine a change of load
@@ -83,15 +92,18 @@ def interleaved(encoder, images: np.ndarray, spec: GridSpec, device, p, precisio
     fast = prepare_encoder(encoder, device, has_convs(encoder))
     plain = encoder.to(device)
     x = images[: p.batch_size]
-    paths = {"plain": lambda: [encode_batch(plain, x[i : i + 500], spec, device, "fp32", False)
-                               for i in range(0, len(x), 500)],
-             "product": lambda: encode_batch(fast, x, spec, device, precision, has_convs(encoder))}
+    paths = {
+        "plain": lambda: [
+            encode_batch(plain, x[i : i + 500], spec, device, "fp32", False) for i in range(0, len(x), 500)
+        ],
+        "product": lambda: encode_batch(fast, x, spec, device, precision, has_convs(encoder)),
+    }
     seconds = {"plain": 0.0, "product": 0.0}
     with torch.inference_mode():
         for fn in paths.values():
             fn()  # warm-up
         for r in range(rounds):
-            for name in (("plain", "product") if r % 2 else ("product", "plain")):
+            for name in ("plain", "product") if r % 2 else ("product", "plain"):
                 t = time.perf_counter()
                 paths[name]()
                 if device.type == "cuda":
@@ -122,13 +134,24 @@ def main() -> None:
     n = sum(len(v.images) for v in splits.values())
     encoder = build_encoder(p.encoder)
     spec = extract_spec(p, encoder)  # exactly what the extract stage computes
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
-          f"{torch.get_num_threads()} threads, {n} images, {p.encoder} {list(spec.layers)} grid {p.grid} ({p.pool})")
+    print(
+        f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
+        f"{torch.get_num_threads()} threads, {n} images, {p.encoder} {list(spec.layers)} grid {p.grid} ({p.pool})"
+    )
     with tempfile.TemporaryDirectory(dir="data") as tmp:
         fast_h5, plain_h5 = Path(tmp, "product.h5"), Path(tmp, "baseline.h5")
         t = time.perf_counter()
-        write_features(fast_h5, encoder, splits, spec, batch_size=p.batch_size, device=device,
-                       precision=precision, standardize=True, channels_last=has_convs(encoder))
+        write_features(
+            fast_h5,
+            encoder,
+            splits,
+            spec,
+            batch_size=p.batch_size,
+            device=device,
+            precision=precision,
+            standardize=True,
+            channels_last=has_convs(encoder),
+        )
         fast_s = time.perf_counter() - t
         t = time.perf_counter()
         baseline(plain_h5, encoder, splits, spec, device)
@@ -139,11 +162,15 @@ def main() -> None:
     print(f"speed-up: {plain_s / fast_s:.2f}x")
     print(f"standardised features, product vs baseline: max |diff| {worst:.4f}, mean |diff| {mean_diff:.5f}")
     plain_rate, fast_rate = interleaved(encoder, splits["test"].images, spec, device, p, precision)
-    print(f"encoder step alternated round by round: baseline {plain_rate:.0f} images/s, "
-          f"product {fast_rate:.0f} images/s, speed-up {fast_rate / plain_rate:.2f}x")
+    print(
+        f"encoder step alternated round by round: baseline {plain_rate:.0f} images/s, "
+        f"product {fast_rate:.0f} images/s, speed-up {fast_rate / plain_rate:.2f}x"
+    )
     test = splits["test"]
-    print(f"ResNet-20 test accuracy: fp32 {accuracy(test.images, test.labels, device, False, precision):.4f}, "
-          f"{precision} fast path {accuracy(test.images, test.labels, device, True, precision):.4f}")
+    print(
+        f"ResNet-20 test accuracy: fp32 {accuracy(test.images, test.labels, device, False, precision):.4f}, "
+        f"{precision} fast path {accuracy(test.images, test.labels, device, True, precision):.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,21 +21,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from pipeline.gpt import model as gpt
 from pipeline.core.runtime import grad_scaler, resolve_precision
 from pipeline.core.training import train_step
+from pipeline.gpt import model as gpt
 from pipeline.gpt.model import GPT, GPTConfig, training_inputs
 from pipeline.gpt.training import model_config
 from pipeline.params import load_cpu_preset
 from pipeline.tokenizer.files import TokenMeta
+
+ROOT = Path(__file__).resolve().parents[1]
 
 N_TRAIN = 50_000
 
@@ -53,8 +52,18 @@ def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 4) -> float:
 
 
 def grid_cfg(n_layer: int, n_head: int, n_embd: int, grid: tuple[int, int], dropout: float, k: int = 512) -> GPTConfig:
-    return GPTConfig(k=k, grid_h=grid[0], grid_w=grid[1], n_classes=10, conditional=True, n_layer=n_layer,
-                     n_head=n_head, n_embd=n_embd, dropout=dropout, pos_emb="2d")
+    return GPTConfig(
+        k=k,
+        grid_h=grid[0],
+        grid_w=grid[1],
+        n_classes=10,
+        conditional=True,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        dropout=dropout,
+        pos_emb="2d",
+    )
 
 
 @contextlib.contextmanager
@@ -68,8 +77,9 @@ def attention_removed():
         gpt.reference_attention = original
 
 
-def train_steps(cfg: GPTConfig, batch: int, steps: int, precision: str = "fp32", attn: str = "sdpa",
-                warmup: int = 2) -> dict:
+def train_steps(
+    cfg: GPTConfig, batch: int, steps: int, precision: str = "fp32", attn: str = "sdpa", warmup: int = 2
+) -> dict:
     """tokens/s of the fastest of `steps` timed AdamW steps (after `warmup`), and the loss at the end.
 
     The fastest step in CPU time, not the mean wall time: the cores are shared, and other processes
@@ -91,8 +101,12 @@ def train_steps(cfg: GPTConfig, batch: int, steps: int, precision: str = "fp32",
         if i >= warmup:
             best = min(best, time.process_time() - t)
     tok_s = batch * cfg.block_size / best
-    return {"tokens_per_s": tok_s, "images_per_s": tok_s / cfg.block_size, "loss": loss.item(),
-            "gflops": tok_s * cfg.flops_per_token / 1e9}
+    return {
+        "tokens_per_s": tok_s,
+        "images_per_s": tok_s / cfg.block_size,
+        "loss": loss.item(),
+        "gflops": tok_s * cfg.flops_per_token / 1e9,
+    }
 
 
 def main() -> None:
@@ -107,29 +121,37 @@ def main() -> None:
     L, H, D, B, epochs, drop = tr.n_layer, tr.n_head, tr.n_embd, tr.batch_size, tr.epochs, tr.dropout
     prec = resolve_precision(tr.precision, torch.device("cpu"), "train.precision")  # what the train stage runs
     # the model the preset's train stage builds (10 CIFAR classes, the preset's codebook and grid)
-    preset = model_config(tr, TokenMeta(p.codebook.k, grid, grid, 10, tuple(map(str, range(10))), p.extract.encoder, 3, "bench"))
+    preset = model_config(
+        tr, TokenMeta(p.codebook.k, grid, grid, 10, tuple(map(str, range(10))), p.extract.encoder, 3, "bench")
+    )
     out: dict = {"threads": args.threads, "preset": {"n_layer": L, "n_head": H, "n_embd": D, "batch": B}}
 
     peak = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
     out["matmul_peak_gflops"] = peak
-    print(f"(a) matmul peak, {args.threads} thread(s), per CPU-second: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f}")
+    print(
+        f"(a) matmul peak, {args.threads} thread(s), per CPU-second: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f}"
+    )
     for precision in ("fp32", "bf16"):
         r = train_steps(preset, B, args.steps, precision)
         r["mfu"] = r["gflops"] / peak[precision]
         r["epoch_s"] = N_TRAIN / r["images_per_s"]
         out[f"preset_{precision}"] = r
-        print(f"    preset GPT {L}x{D} batch {B} {precision}: {r['tokens_per_s']:,.0f} tokens/s "
-              f"({r['images_per_s']:.0f} img/s), {r['gflops']:.1f} GFLOP/s = {100 * r['mfu']:.0f}% MFU, "
-              f"loss after {args.steps + 2} steps {r['loss']:.4f}")
+        print(
+            f"    preset GPT {L}x{D} batch {B} {precision}: {r['tokens_per_s']:,.0f} tokens/s "
+            f"({r['images_per_s']:.0f} img/s), {r['gflops']:.1f} GFLOP/s = {100 * r['mfu']:.0f}% MFU, "
+            f"loss after {args.steps + 2} steps {r['loss']:.4f}"
+        )
 
-    print("(b) SDPA vs explicit softmax(QK^T)V reference attention, same model, batch and precision;"
-          " 'bound' = reference / no-attention time, the most any attention implementation could gain:")
+    print(
+        "(b) SDPA vs explicit softmax(QK^T)V reference attention, same model, batch and precision;"
+        " 'bound' = reference / no-attention time, the most any attention implementation could gain:"
+    )
     for name, cfg, batch, steps, precision in (
         (f"preset, {preset.block_size} tokens", preset, B, args.steps, "fp32"),
         (f"preset, {preset.block_size} tokens", preset, B, args.steps, "bf16"),
         ("4x128, 1,023 tokens", grid_cfg(4, 8, 128, (31, 33), drop), 4, 3, "fp32"),
         ("4x128, 1,023 tokens", grid_cfg(4, 8, 128, (31, 33), drop), 4, 3, "bf16"),
-    ):  # fmt: skip
+    ):
         # the preset's SDPA runs are exactly (a)'s: reuse them
         sdpa = out[f"preset_{precision}"] if cfg is preset else train_steps(cfg, batch, steps, precision, attn="sdpa")
         ref = train_steps(cfg, batch, steps, precision, attn="reference")
@@ -137,20 +159,32 @@ def main() -> None:
             floor = train_steps(cfg, batch, steps, precision, attn="reference")
         ratio, bound = sdpa["tokens_per_s"] / ref["tokens_per_s"], floor["tokens_per_s"] / ref["tokens_per_s"]
         out[f"sdpa_vs_reference[{name}, {precision}]"] = {
-            "sdpa": sdpa["tokens_per_s"], "reference": ref["tokens_per_s"], "no_attention": floor["tokens_per_s"],
-            "speedup": ratio, "amdahl_bound": bound,
-        }  # fmt: skip
-        print(f"    {name}, {precision}: sdpa {sdpa['tokens_per_s']:,.0f} vs reference {ref['tokens_per_s']:,.0f} "
-              f"tokens/s -> {ratio:.2f}x (bound {bound:.2f}x; no attention {floor['tokens_per_s']:,.0f})")
+            "sdpa": sdpa["tokens_per_s"],
+            "reference": ref["tokens_per_s"],
+            "no_attention": floor["tokens_per_s"],
+            "speedup": ratio,
+            "amdahl_bound": bound,
+        }
+        print(
+            f"    {name}, {precision}: sdpa {sdpa['tokens_per_s']:,.0f} vs reference {ref['tokens_per_s']:,.0f} "
+            f"tokens/s -> {ratio:.2f}x (bound {bound:.2f}x; no attention {floor['tokens_per_s']:,.0f})"
+        )
 
     demo = train_steps(grid_cfg(12, 8, 256, (31, 33), 0.1), 2, 2, warmup=1)  # 31*33 = 1,023 slots
     demo_epoch = N_TRAIN / demo["images_per_s"]
     preset_epoch = out[f"preset_{prec}"]["epoch_s"]
-    out["epoch_seconds"] = {"preset": preset_epoch, "preset_precision": prec, "classic_demo": demo_epoch,
-                            "speedup": demo_epoch / preset_epoch, "preset_epochs": epochs}
-    print(f"(c) one epoch of 50,000 images: preset GPT {preset_epoch:.0f} s ({prec}; x{epochs} epochs = "
-          f"{epochs * preset_epoch / 60:.1f} min + test passes) vs classic 12x256 demo at 1,023 tokens "
-          f"{demo_epoch / 3600:.1f} h ({demo['images_per_s']:.2f} img/s) -> {demo_epoch / preset_epoch:.0f}x")
+    out["epoch_seconds"] = {
+        "preset": preset_epoch,
+        "preset_precision": prec,
+        "classic_demo": demo_epoch,
+        "speedup": demo_epoch / preset_epoch,
+        "preset_epochs": epochs,
+    }
+    print(
+        f"(c) one epoch of 50,000 images: preset GPT {preset_epoch:.0f} s ({prec}; x{epochs} epochs = "
+        f"{epochs * preset_epoch / 60:.1f} min + test passes) vs classic 12x256 demo at 1,023 tokens "
+        f"{demo_epoch / 3600:.1f} h ({demo['images_per_s']:.2f} img/s) -> {demo_epoch / preset_epoch:.0f}x"
+    )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 

@@ -27,18 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from pipeline.core.runtime import grad_scaler, resolve_compile, resolve_precision
-from pipeline.gpt.model import GPT, GPTConfig, training_inputs
 from pipeline.core.training import set_lr, train_step
+from pipeline.gpt.model import GPT, GPTConfig, training_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = ["host-eager", "eager-fused", "compiled", "graphs", "stage"]
 POSTFIX_EVERY = 10  # the trainer's progress-bar read-back interval (pipeline/gpt/training.py)
@@ -52,7 +51,10 @@ def sync(device: torch.device) -> None:
 
 def matmul_peak_tflops(device: torch.device, n: int, seconds: float = 1.0) -> float:
     """Measured bf16 matrix-product throughput: the best of several timed batches of n x n x n products."""
-    a, b = torch.randn(n, n, device=device, dtype=torch.bfloat16), torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a, b = (
+        torch.randn(n, n, device=device, dtype=torch.bfloat16),
+        torch.randn(n, n, device=device, dtype=torch.bfloat16),
+    )
     a @ b
     sync(device)
     best, reps, deadline = 0.0, 4, time.perf_counter() + seconds
@@ -70,10 +72,21 @@ def default_config(params: dict, tiny: bool) -> tuple[GPTConfig, dict]:
     if tiny:
         tr = tr | {"n_layer": 2, "n_head": 2, "n_embd": 64, "batch_size": 16}
     grid = params["extract"]["grid"]
-    cfg = GPTConfig(k=params["codebook"]["k"], grid_h=grid, grid_w=grid, n_classes=10, conditional=tr["conditional"],
-                    n_layer=tr["n_layer"], n_head=tr["n_head"], n_embd=tr["n_embd"], dropout=tr["dropout"],
-                    pos_emb=tr["pos_emb"], attention=tr["attention"], window=tr["window"],
-                    n_kv_head=tr["n_kv_head"])  # fmt: skip
+    cfg = GPTConfig(
+        k=params["codebook"]["k"],
+        grid_h=grid,
+        grid_w=grid,
+        n_classes=10,
+        conditional=tr["conditional"],
+        n_layer=tr["n_layer"],
+        n_head=tr["n_head"],
+        n_embd=tr["n_embd"],
+        dropout=tr["dropout"],
+        pos_emb=tr["pos_emb"],
+        attention=tr["attention"],
+        window=tr["window"],
+        n_kv_head=tr["n_kv_head"],
+    )
     return cfg, tr
 
 
@@ -82,8 +95,9 @@ def run_config(name: str, cfg: GPTConfig, tr: dict, device: torch.device, precis
     torch.manual_seed(0)
     model = GPT(cfg).to(device).train()
     fused = name != "host-eager" and device.type == "cuda"
-    opt = torch.optim.AdamW(model.param_groups(tr["weight_decay"]), lr=tr["lr"], betas=(tr["beta1"], tr["beta2"]),
-                            fused=fused or None)  # fmt: skip
+    opt = torch.optim.AdamW(
+        model.param_groups(tr["weight_decay"]), lr=tr["lr"], betas=(tr["beta1"], tr["beta2"]), fused=fused or None
+    )
     scaler = grad_scaler(device, precision)
     net = model
     modes = {"compiled": "default", "graphs": "reduce-overhead", "stage": resolve_compile(tr["compile"], device)}
@@ -107,8 +121,16 @@ def run_config(name: str, cfg: GPTConfig, tr: dict, device: torch.device, precis
         if host:
             codes, cls, dropped = (t.to(device, non_blocking=True) for t in (codes, cls, dropped))
         prefix = torch.where(dropped, cfg.null_token, cfg.prefix(cls, batch, device))
-        loss = train_step(lambda x, y: net(x, y)[1], (training_inputs(codes, prefix), codes), opt, scaler, device,
-                          precision, tr["grad_clip"], model.parameters())  # fmt: skip
+        loss = train_step(
+            lambda x, y: net(x, y)[1],
+            (training_inputs(codes, prefix), codes),
+            opt,
+            scaler,
+            device,
+            precision,
+            tr["grad_clip"],
+            model.parameters(),
+        )
         if read_back and i % POSTFIX_EVERY == 0:
             loss.item()
         return loss
@@ -128,8 +150,15 @@ def run_config(name: str, cfg: GPTConfig, tr: dict, device: torch.device, precis
     sync(device)
     elapsed = time.perf_counter() - t
     tokens_per_s = steps * batch * cfg.block_size / elapsed
-    return {"batch": batch, "steps": steps, "step_ms": 1e3 * elapsed / steps, "tokens_per_s": tokens_per_s,
-            "warmup_s": warmup_s, "loss": float(loss), "tflops": tokens_per_s * cfg.flops_per_token / 1e12}
+    return {
+        "batch": batch,
+        "steps": steps,
+        "step_ms": 1e3 * elapsed / steps,
+        "tokens_per_s": tokens_per_s,
+        "warmup_s": warmup_s,
+        "loss": float(loss),
+        "tflops": tokens_per_s * cfg.flops_per_token / 1e12,
+    }
 
 
 def main() -> None:
@@ -141,8 +170,13 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)  # fmt: skip
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     cfg, tr = default_config(params, args.tiny)
     tr = tr | ({"batch_size": args.batch} if args.batch else {})
@@ -154,12 +188,26 @@ def main() -> None:
         name = f"CPU, {torch.get_num_threads()} threads"
     peak = matmul_peak_tflops(device, 8192 if device.type == "cuda" else 512)
     n_params = sum(p.numel() for p in GPT(cfg).parameters())
-    out = {"device": name, "torch": torch.__version__, "precision": precision, "bf16_matmul_peak_tflops": peak,
-           "model": {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "slots": cfg.block_size,
-                     "params_M": n_params / 1e6, "flops_per_token": cfg.flops_per_token}, "configs": {}}  # fmt: skip
-    print(f"{name}, torch {torch.__version__}, {precision}; measured bf16 matmul peak {peak:.1f} TFLOP/s\n"
-          f"GPT {cfg.n_layer}x{cfg.n_embd} ({n_params / 1e6:.1f} M params), {cfg.block_size} slots, "
-          f"{cfg.flops_per_token / 1e6:.0f} MFLOP/token")
+    out = {
+        "device": name,
+        "torch": torch.__version__,
+        "precision": precision,
+        "bf16_matmul_peak_tflops": peak,
+        "model": {
+            "n_layer": cfg.n_layer,
+            "n_head": cfg.n_head,
+            "n_embd": cfg.n_embd,
+            "slots": cfg.block_size,
+            "params_M": n_params / 1e6,
+            "flops_per_token": cfg.flops_per_token,
+        },
+        "configs": {},
+    }
+    print(
+        f"{name}, torch {torch.__version__}, {precision}; measured bf16 matmul peak {peak:.1f} TFLOP/s\n"
+        f"GPT {cfg.n_layer}x{cfg.n_embd} ({n_params / 1e6:.1f} M params), {cfg.block_size} slots, "
+        f"{cfg.flops_per_token / 1e6:.0f} MFLOP/token"
+    )
     for config in args.configs:
         if device.type != "cuda" and config == "graphs":
             print(f"  {config:13s} skipped: CUDA graphs need a GPU")
@@ -169,9 +217,12 @@ def main() -> None:
         r = run_config(config, cfg, tr, device, precision, args.seconds)
         r["mfu"] = r["tflops"] / peak
         out["configs"][config] = r
-        print(f"  {config:13s} batch {r['batch']:4d}: {r['tokens_per_s']:12,.0f} tokens/s, {r['step_ms']:7.2f} ms/step, "
-              f"MFU {100 * r['mfu']:5.1f} %  (warm-up {r['warmup_s']:.1f} s, config {time.perf_counter() - t:.0f} s, "
-              f"loss {r['loss']:.3f})", flush=True)
+        print(
+            f"  {config:13s} batch {r['batch']:4d}: {r['tokens_per_s']:12,.0f} tokens/s, {r['step_ms']:7.2f} ms/step, "
+            f"MFU {100 * r['mfu']:5.1f} %  (warm-up {r['warmup_s']:.1f} s, config {time.perf_counter() - t:.0f} s, "
+            f"loss {r['loss']:.3f})",
+            flush=True,
+        )
         if args.json:  # after every config: a run cut short by a time limit keeps what it measured
             args.json.write_text(json.dumps(out, indent=2) + "\n")
 

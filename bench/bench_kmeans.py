@@ -30,13 +30,12 @@ from pathlib import Path
 # FAISS's OpenMP threads busy-wait by default; libgomp reads this once, before faiss or torch load it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import faiss
 import h5py
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from pipeline.tokenizer import kmeans as cb
-
-import faiss
 
 
 def load_vectors(features: Path, n: int, dim: int, seed: int) -> tuple[np.ndarray, str]:
@@ -66,8 +65,11 @@ def faiss_settings(x: np.ndarray, k: int, configs: list[tuple[int, int]], seed: 
         fit = cb.fit_kmeans(sample, k, niter, seed, max_points_per_centroid=sample_size // k + 1)
         a = cb.assign(x, fit.centroids)
         cpu = time.process_time() - cpu0
-        print(f"| {sample_size:,} | {niter} | {fit.seconds:.1f} | {a.seconds:.1f} | {fit.seconds + a.seconds:.1f} "
-              f"| {cpu:.1f} | {a.relative_error:.4f} |", flush=True)  # fmt: skip
+        print(
+            f"| {sample_size:,} | {niter} | {fit.seconds:.1f} | {a.seconds:.1f} | {fit.seconds + a.seconds:.1f} "
+            f"| {cpu:.1f} | {a.relative_error:.4f} |",
+            flush=True,
+        )
 
 
 class _Timestamped(io.TextIOBase):
@@ -118,22 +120,35 @@ def sklearn_vs_faiss(x: np.ndarray, k: int, sample_size: int, niter: int, seed: 
             wall, cpu, i, value = reached
             print(f"| sklearn KMeans (init={init}) | {wall:.1f} | {cpu:.1f} | {value:.6g} | iteration {i} |")
         else:
-            print(f"| sklearn KMeans (init={init}) | not reached in {total:.1f} | {total_cpu:.1f} "
-                  f"| {km.inertia_:.6g} | {km.n_iter_} iterations |")  # fmt: skip
+            print(
+                f"| sklearn KMeans (init={init}) | not reached in {total:.1f} | {total_cpu:.1f} "
+                f"| {km.inertia_:.6g} | {km.n_iter_} iterations |"
+            )
         sys.stdout.flush()
 
     spent, seconds, epochs = 0.0, 0.0, 1
     while spent + 3 * seconds < budget_s:  # the next try runs 3x the epochs of the last
-        mb = MiniBatchKMeans(k, init="random", batch_size=4096, n_init=1, max_iter=epochs, tol=0.0,
-                             max_no_improvement=None, random_state=seed)  # fmt: skip
+        mb = MiniBatchKMeans(
+            k,
+            init="random",
+            batch_size=4096,
+            n_init=1,
+            max_iter=epochs,
+            tol=0.0,
+            max_no_improvement=None,
+            random_state=seed,
+        )
         t0, cpu0 = time.perf_counter(), time.process_time()
         mb.fit(sample)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         spent += seconds
         sse = cb.assign(grid, mb.cluster_centers_.astype(np.float32)).sse
         done = sse <= target
-        print(f"| sklearn MiniBatchKMeans | {f'{seconds:.1f}' if done else f'not reached in {seconds:.1f}'} "
-              f"| {cpu:.1f} | {sse:.6g} | {epochs} epoch(s), batch 4096 |", flush=True)  # fmt: skip
+        print(
+            f"| sklearn MiniBatchKMeans | {f'{seconds:.1f}' if done else f'not reached in {seconds:.1f}'} "
+            f"| {cpu:.1f} | {sse:.6g} | {epochs} epoch(s), batch 4096 |",
+            flush=True,
+        )
         if done:
             break
         epochs *= 3

@@ -20,24 +20,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from pipeline.gpt import sampling
-from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
+from pipeline.core.runtime import resolve_device
 from pipeline.features.encoders import build_encoder
 from pipeline.features.extract import extract_spec, grid_features
+from pipeline.gpt import sampling
 from pipeline.gpt.model import GPT
 from pipeline.gpt.training import model_config
 from pipeline.params import Params, load_cpu_preset, load_params
-from pipeline.core.runtime import resolve_device
+from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
 from pipeline.tokenizer.decoding import PALETTE_GRID, TokenDecoder
 from pipeline.tokenizer.files import TokenMeta
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_CPU_RATIO_IMAGES = 100
 
@@ -78,7 +77,9 @@ def timed(model: GPT, decoder: TokenDecoder, p: Params, n: int, batch: int, use_
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--ratio-images", type=int, help="images per cached/uncached comparison (default: sample.batch_size)")
+    ap.add_argument(
+        "--ratio-images", type=int, help="images per cached/uncached comparison (default: sample.batch_size)"
+    )
     ap.add_argument("--images", type=int, default=1000, help="images for the end-to-end timing")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--full-default", action="store_true", help="also time --images at the default config on CPU")
@@ -87,36 +88,57 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     configs = {"default": load_params(ROOT / "params.yaml"), "cpu_preset": load_cpu_preset(ROOT / "params.yaml")}
-    results = {"device": str(device), "threads": args.threads, "weights": "random init",
-               "load_average_before": os.getloadavg(), "configs": {}}  # fmt: skip
+    results = {
+        "device": str(device),
+        "threads": args.threads,
+        "weights": "random init",
+        "load_average_before": os.getloadavg(),
+        "configs": {},
+    }
     print(f"device {device}, {args.threads} thread(s), load average {results['load_average_before'][0]:.1f}")
     for name, p in configs.items():
         model, decoder = build(p, device)
         tr = p.train
-        info = {"n_layer": tr.n_layer, "n_head": tr.n_head, "n_embd": tr.n_embd, "tokens_per_image": model.cfg.block_size,
-                "k": p.codebook.k, "params_M": round(model.num_params() / 1e6, 2), "decoder": decoder.kind,
-                "conditional": tr.conditional, "cfg_scale": p.sample.cfg_scale}  # fmt: skip
+        info = {
+            "n_layer": tr.n_layer,
+            "n_head": tr.n_head,
+            "n_embd": tr.n_embd,
+            "tokens_per_image": model.cfg.block_size,
+            "k": p.codebook.k,
+            "params_M": round(model.num_params() / 1e6, 2),
+            "decoder": decoder.kind,
+            "conditional": tr.conditional,
+            "cfg_scale": p.sample.cfg_scale,
+        }
         n = args.ratio_images or p.sample.batch_size
         if name == "default" and device.type == "cpu":
             n = min(n, DEFAULT_CPU_RATIO_IMAGES)
         timed(model, decoder, p, 4, 4, True, device)  # warm-up (allocator, first-call overheads)
         cached = timed(model, decoder, p, n, n, True, device)
         uncached = timed(model, decoder, p, n, n, False, device)
-        row = {**info, "cached": cached, "uncached": uncached,
-               "speedup_sampling": uncached["sample_s"] / cached["sample_s"],
-               "speedup_end_to_end": cached["images_per_s"] / uncached["images_per_s"]}  # fmt: skip
+        row = {
+            **info,
+            "cached": cached,
+            "uncached": uncached,
+            "speedup_sampling": uncached["sample_s"] / cached["sample_s"],
+            "speedup_end_to_end": cached["images_per_s"] / uncached["images_per_s"],
+        }
         if name != "default" or device.type == "cuda" or args.full_default:
             row["full_run"] = timed(model, decoder, p, args.images, p.sample.batch_size, True, device)
         results["configs"][name] = row
         print(f"{name}: {info}")
-        print(f"  {n} images, one batch: cached {cached['images_per_s']:.1f} img/s "
-              f"(sample {cached['sample_s']:.2f} s + decode {cached['decode_s']:.2f} s), uncached "
-              f"{uncached['images_per_s']:.1f} img/s (sample {uncached['sample_s']:.2f} s) -> sampling "
-              f"{row['speedup_sampling']:.1f}x, end to end {row['speedup_end_to_end']:.1f}x faster with the cache")  # fmt: skip
+        print(
+            f"  {n} images, one batch: cached {cached['images_per_s']:.1f} img/s "
+            f"(sample {cached['sample_s']:.2f} s + decode {cached['decode_s']:.2f} s), uncached "
+            f"{uncached['images_per_s']:.1f} img/s (sample {uncached['sample_s']:.2f} s) -> sampling "
+            f"{row['speedup_sampling']:.1f}x, end to end {row['speedup_end_to_end']:.1f}x faster with the cache"
+        )
         if "full_run" in row:
             f = row["full_run"]
-            print(f"  {f['images']} images at batch {p.sample.batch_size} with the cache: {f['sample_s'] + f['decode_s']:.1f} s "
-                  f"(sample {f['sample_s']:.1f} s + decode {f['decode_s']:.1f} s), {f['images_per_s']:.1f} img/s")  # fmt: skip
+            print(
+                f"  {f['images']} images at batch {p.sample.batch_size} with the cache: {f['sample_s'] + f['decode_s']:.1f} s "
+                f"(sample {f['sample_s']:.1f} s + decode {f['decode_s']:.1f} s), {f['images_per_s']:.1f} img/s"
+            )
     results["load_average_after"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

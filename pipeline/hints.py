@@ -12,7 +12,11 @@ def slow_cpu_hint(section: str, values: Section, precision: str) -> str:
         return f"{section}.precision = {precision} is emulated on this CPU ({describe_cpu()}): set it to auto"
     differ = cpu_preset_differences(section, values)
     if differ:
-        return (f"these {section} params are not the CPU preset's ({', '.join(differ)} differ); for a 2-core CPU "
-                f"run `make repro PRESET=cpu` or {CPU_PRESET_COMMAND}")
-    return (f"the CPU preset is in use, so this CPU is the cause: {describe_cpu()}, {section} in {precision}; the "
-            "preset is sized for 45 minutes on 2 idle cores, with or without native bf16 (docs/cpu_preset.md)")
+        return (
+            f"these {section} params are not the CPU preset's ({', '.join(differ)} differ); for a 2-core CPU "
+            f"run `make repro PRESET=cpu` or {CPU_PRESET_COMMAND}"
+        )
+    return (
+        f"the CPU preset is in use, so this CPU is the cause: {describe_cpu()}, {section} in {precision}; the "
+        "preset is sized for 45 minutes on 2 idle cores, with or without native bf16 (docs/cpu_preset.md)"
+    )

@@ -52,28 +52,37 @@ def main() -> None:
     if stage and not Path("dvc.yaml").is_file():
         logging.getLogger("stages").warning(
             "%s has no dvc.yaml: this stage writes data/, metrics/ and plots/ here, untracked by DVC; run stages from "
-            "the project root (the folder with dvc.yaml) to have them tracked", Path.cwd())
+            "the project root (the folder with dvc.yaml) to have them tracked",
+            Path.cwd(),
+        )
     before = params_values(params, keys) if stage else None
     try:
         app()
     except SystemExit as done:
         if stage and done.code in (0, None) and params_values(params, keys) != before:
-            _fail(f"{params} changed while the {stage} stage ran ({', '.join(keys or ['its sections'])}): its "
-                  f"outputs were made with the old values, which DVC would record as the new ones; re-run it "
-                  f"(dvc repro {stage})")
+            _fail(
+                f"{params} changed while the {stage} stage ran ({', '.join(keys or ['its sections'])}): its "
+                f"outputs were made with the old values, which DVC would record as the new ones; re-run it "
+                f"(dvc repro {stage})"
+            )
         raise
     except PipelineError as e:
         _fail(str(e))
     except PermissionError as e:  # a file or folder this user may not read or write: fixable, not a bug
-        _fail(f"{e.filename or e}: permission denied; make it readable/writable for this user or run from a "
-              "checkout you own")
+        _fail(
+            f"{e.filename or e}: permission denied; make it readable/writable for this user or run from a "
+            "checkout you own"
+        )
     except Exception as e:
         cause = write_failure(e)
         if cause is None:
             raise
-        print(f"error: the {stage} stage could not write its outputs: {cause} ({type(e).__name__}: "
-              f"{str(e).splitlines()[0][:200]}). Free space where data/ lives (df -h data) or raise the limit, then "
-              f"re-run; its partial outputs were removed and nothing was recorded.", file=sys.stderr)
+        print(
+            f"error: the {stage} stage could not write its outputs: {cause} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}). Free space where data/ lives (df -h data) or raise the limit, then "
+            f"re-run; its partial outputs were removed and nothing was recorded.",
+            file=sys.stderr,
+        )
         sys.stderr.flush()
         sys.stdout.flush()
         logging.shutdown()

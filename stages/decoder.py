@@ -9,8 +9,8 @@ reports the test split. The work is `decoder_training.run_decoder`; this file wr
 import logging
 from pathlib import Path
 
-from stages import PARAMS_OPTION, app
 from pipeline.paths import CODEBOOK, DECODER_CHECKPOINTS, DECODER_DIR, FEATURES, METRICS, PLOTS, RAW, TOKENS
+from stages import PARAMS_OPTION, app
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,12 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
     write_json(METRICS_JSON, metrics)
     log.info(
         "decoder (%s, %d tokens/image, epoch %d of %d): val PSNR %.2f dB, SSIM %.3f -> %s, %s",
-        metrics["kind"], metrics["tokens_per_image"], metrics["best_epoch"], metrics["epochs"], metrics["psnr_db"],
-        metrics["ssim"], METRICS_JSON, GRID_PNG,
-    )  # fmt: skip
+        metrics["kind"],
+        metrics["tokens_per_image"],
+        metrics["best_epoch"],
+        metrics["epochs"],
+        metrics["psnr_db"],
+        metrics["ssim"],
+        METRICS_JSON,
+        GRID_PNG,
+    )

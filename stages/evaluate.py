@@ -37,9 +37,18 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     log.info(
         "GPT test %.4f nats/token (%.1f bits/image; unigram %.1f); %d samples: Inception FID %.2f (floor %.2f), "
         "KID %.4f, precision %.3f, recall %.3f, fid_%s %.2f, class agreement %s -> %s (%.0f s)",
-        gpt["test_nll"], gpt["test_bits_per_image"], gpt["unigram_test_entropy_bits_per_image"], s["n"],
-        s["fid_inception"], floor["fid_inception"], s["kid_inception_mean"], s["precision_inception"],
-        s["recall_inception"], label, s[f"fid_{label}"],
-        "n/a" if s["class_agreement"] is None else f"{100 * s['class_agreement']:.1f} %", METRICS_JSON,
+        gpt["test_nll"],
+        gpt["test_bits_per_image"],
+        gpt["unigram_test_entropy_bits_per_image"],
+        s["n"],
+        s["fid_inception"],
+        floor["fid_inception"],
+        s["kid_inception_mean"],
+        s["precision_inception"],
+        s["recall_inception"],
+        label,
+        s[f"fid_{label}"],
+        "n/a" if s["class_agreement"] is None else f"{100 * s['class_agreement']:.1f} %",
+        METRICS_JSON,
         time.perf_counter() - t0,
-    )  # fmt: skip
+    )

@@ -29,7 +29,16 @@ def reconstruct(params: Path = PARAMS_OPTION) -> None:
     p, evaluator = all_params.reconstruct, all_params.evaluate.evaluator
     metrics = score_tokenizer(p, evaluator, TOKENS, RAW, REFERENCE, DECODER_DIR)
     write_json(METRICS_JSON, metrics)
-    log.info("reconstruct (%d test images, %d tokens each): PSNR %.2f dB, SSIM %.3f, %s accuracy %.1f %% (originals "
-             "%.1f %%), rFID %.2f -> %s", metrics["n_images"], metrics["tokens_per_image"], metrics["psnr_db"],
-             metrics["ssim"], evaluator, 100 * metrics["accuracy_reconstructions"],
-             100 * metrics["accuracy_originals"], metrics["rfid_inception"], METRICS_JSON)  # fmt: skip
+    log.info(
+        "reconstruct (%d test images, %d tokens each): PSNR %.2f dB, SSIM %.3f, %s accuracy %.1f %% (originals "
+        "%.1f %%), rFID %.2f -> %s",
+        metrics["n_images"],
+        metrics["tokens_per_image"],
+        metrics["psnr_db"],
+        metrics["ssim"],
+        evaluator,
+        100 * metrics["accuracy_reconstructions"],
+        100 * metrics["accuracy_originals"],
+        metrics["rfid_inception"],
+        METRICS_JSON,
+    )

@@ -25,6 +25,13 @@ def reference(params: Path = PARAMS_OPTION) -> None:
 
     metrics = compute_reference(load_params(params).reference, RAW, REFERENCE)
     write_json(METRICS_JSON, metrics)
-    log.info("wrote %s: %d train and %d test images in %.0f s (%.1f images/s); FID test vs train %.3f -> %s",
-             REFERENCE, metrics["reference_train_images"], metrics["reference_test_images"], metrics["seconds"],
-             metrics["images_per_second"], metrics["fid_inception_test_vs_train"], METRICS_JSON)  # fmt: skip
+    log.info(
+        "wrote %s: %d train and %d test images in %.0f s (%.1f images/s); FID test vs train %.3f -> %s",
+        REFERENCE,
+        metrics["reference_train_images"],
+        metrics["reference_test_images"],
+        metrics["seconds"],
+        metrics["images_per_second"],
+        metrics["fid_inception_test_vs_train"],
+        METRICS_JSON,
+    )

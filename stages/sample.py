@@ -22,7 +22,14 @@ def sample(params: Path = PARAMS_OPTION) -> None:
     seconds = done["sample_seconds"] + done["decode_seconds"]
     log.info(
         "sampled %d images (%s, cfg_scale %g, T %g) in %.1f s + decoded in %.1f s on %s (%.0f images/s) -> %s, %s",
-        done["images"], "conditional" if done["conditional"] else "unconditional", p.cfg_scale, p.temperature,
-        done["sample_seconds"], done["decode_seconds"], done["device"], done["images"] / max(seconds, 1e-9),
-        SAMPLES, README_GRID,
-    )  # fmt: skip
+        done["images"],
+        "conditional" if done["conditional"] else "unconditional",
+        p.cfg_scale,
+        p.temperature,
+        done["sample_seconds"],
+        done["decode_seconds"],
+        done["device"],
+        done["images"] / max(seconds, 1e-9),
+        SAMPLES,
+        README_GRID,
+    )

@@ -8,8 +8,8 @@ global batch).
 import logging
 from pathlib import Path
 
-from stages import PARAMS_OPTION, app
 from pipeline.paths import GPT_CHECKPOINTS, GPT_DIR, METRICS, PLOTS, TOKENS
+from stages import PARAMS_OPTION, app
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +22,10 @@ def train(params: Path = PARAMS_OPTION) -> None:
     from pipeline.core.atomic import write_json
     from pipeline.core.hashing import code_sha256
     from pipeline.core.runtime import resolve_precision
-    from pipeline.gpt.training import TrainPaths, distributed, train as train_gpt
-    from pipeline.params import load_params
+    from pipeline.gpt.training import TrainPaths, distributed
+    from pipeline.gpt.training import train as train_gpt
     from pipeline.hints import slow_cpu_hint
+    from pipeline.params import load_params
 
     p = load_params(params).train
     paths, metrics_json = TrainPaths(TOKENS, GPT_DIR, GPT_CHECKPOINTS, PLOTS), METRICS / "train.json"
@@ -36,6 +37,12 @@ def train(params: Path = PARAMS_OPTION) -> None:
         metrics = train_gpt(p, paths, info, precision=precision, code=code_sha256("train"), slow_hint=hint)
         if info.main:
             write_json(metrics_json, metrics)
-            log.info("saved epoch %d of %d (lowest validation NLL %.4f nats/token = %.1f bits/image) -> %s, %s",
-                     metrics["best_epoch"], metrics["epochs"], metrics["val_nll"], metrics["val_bits_per_image"],
-                     GPT_DIR, metrics_json)  # fmt: skip
+            log.info(
+                "saved epoch %d of %d (lowest validation NLL %.4f nats/token = %.1f bits/image) -> %s, %s",
+                metrics["best_epoch"],
+                metrics["epochs"],
+                metrics["val_nll"],
+                metrics["val_bits_per_image"],
+                GPT_DIR,
+                metrics_json,
+            )

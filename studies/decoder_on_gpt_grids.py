@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 from pipeline.core.artifacts import read_model_config
 from pipeline.core.runtime import resolve_device, resolve_precision
 from pipeline.data import cifar10
@@ -36,9 +35,10 @@ from pipeline.gpt import sampling
 from pipeline.gpt.evaluate import score_token_grids
 from pipeline.gpt.model import load_gpt
 from pipeline.params import DEFAULT_PARAMS, load_params
-from pipeline.tokenizer import decoder_training as dt, files as token_files
-from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder
 from pipeline.paths import CODEBOOK, DECODER_DIR, FEATURES, GPT_DIR, RAW, REFERENCE, SAMPLES, TOKENS
+from pipeline.tokenizer import decoder_training as dt
+from pipeline.tokenizer import files as token_files
+from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder
 
 
 def main() -> None:
@@ -56,32 +56,48 @@ def main() -> None:
     gpt = load_gpt(GPT_DIR, device)
     meta = token_files.read_meta(TOKENS)
     token_files.check_compatible(gpt.cfg, meta, str(GPT_DIR), str(TOKENS))
-    token_files.check_same_codebook({str(GPT_DIR): read_model_config(GPT_DIR, "train").get("codebook_sha256")},
-                                    str(TOKENS), meta)  # fmt: skip
+    token_files.check_same_codebook(
+        {str(GPT_DIR): read_model_config(GPT_DIR, "train").get("codebook_sha256")}, str(TOKENS), meta
+    )
 
     truth = inputs.train_tokens
     labels = cifar10.read_split(RAW, "train").labels  # aligned with the tokens: load_inputs checked
     written = sampling.teacher_forced_tokens(gpt, truth, labels, params.sample)
     take = np.random.default_rng(p.seed).random(truth.shape) < args.fraction
     grids = np.where(take, written, truth).astype(np.uint16)
-    print(f"teacher-forced GPT picks the true code for {100 * np.mean(written == truth):.1f} % of the "
-          f"{truth.size:,} train cells; the decoder's grids: {100 * args.fraction:g} % of the cells from the GPT, "
-          f"{100 * np.mean(grids != truth):.1f} % differ from the true codes", flush=True)  # fmt: skip
+    print(
+        f"teacher-forced GPT picks the true code for {100 * np.mean(written == truth):.1f} % of the "
+        f"{truth.size:,} train cells; the decoder's grids: {100 * args.fraction:g} % of the cells from the GPT, "
+        f"{100 * np.mean(grids != truth):.1f} % differ from the true codes",
+        flush=True,
+    )
 
     feature_loss = dt.build_feature_loss(inputs, device) if p.perceptual_weight > 0 else None
     with tempfile.TemporaryDirectory() as checkpoints:
-        result = dt.train_decoder(p, replace(inputs, train_tokens=grids), Path(checkpoints), device, precision,
-                                  "decoder_on_gpt_grids", feature_loss)  # fmt: skip
+        result = dt.train_decoder(
+            p,
+            replace(inputs, train_tokens=grids),
+            Path(checkpoints),
+            device,
+            precision,
+            "decoder_on_gpt_grids",
+            feature_loss,
+        )
     decoders = {
         "decoder stage": load_token_decoder(DECODER_DIR),
-        f"trained with {100 * args.fraction:g} % GPT codes": TokenDecoder("cnn", inputs.grid, len(inputs.centroids), model=result.model),
-    }  # fmt: skip
+        f"trained with {100 * args.fraction:g} % GPT codes": TokenDecoder(
+            "cnn", inputs.grid, len(inputs.centroids), model=result.model
+        ),
+    }
     scorer = SampleScorer.load(params.evaluate, RAW, REFERENCE)
     tokens, sample_labels = sampling.read_token_grids(SAMPLES)
     for name, decoder in decoders.items():
         val = pixel_metrics(inputs.val_images, decoder.decode(inputs.val_tokens, p.batch_size, device))
-        print(f"{name}: val PSNR {val['psnr_db']:.2f} dB, SSIM {val['ssim']:.3f}; {SAMPLES}: "
-              f"{score_summary(score_token_grids(scorer, decoder, tokens, sample_labels))}", flush=True)  # fmt: skip
+        print(
+            f"{name}: val PSNR {val['psnr_db']:.2f} dB, SSIM {val['ssim']:.3f}; {SAMPLES}: "
+            f"{score_summary(score_token_grids(scorer, decoder, tokens, sample_labels))}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
 
 from pipeline.core.atomic import write_bytes
 from pipeline.core.runtime import resolve_device
@@ -45,12 +43,22 @@ class Speed:
     def __str__(self) -> str:
         if not self.images:
             return "nothing computed (all features cached)"
-        return (f"{self.images} images in {self.wall:.0f} s: {self.images / self.wall:.2f} images/s wall, "
-                f"{self.images / self.cpu:.2f} images per CPU-second")  # fmt: skip
+        return (
+            f"{self.images} images in {self.wall:.0f} s: {self.images / self.wall:.2f} images/s wall, "
+            f"{self.images / self.cpu:.2f} images per CPU-second"
+        )
 
 
-def features(model, images: np.ndarray, folder: Path, split: str, precision: str, batch_size: int,
-             device: torch.device, speed: Speed) -> np.ndarray:  # fmt: skip
+def features(
+    model,
+    images: np.ndarray,
+    folder: Path,
+    split: str,
+    precision: str,
+    batch_size: int,
+    device: torch.device,
+    speed: Speed,
+) -> np.ndarray:
     """(N, 2048) features of `images`, chunk by chunk from the cache or computed and cached."""
     out = []
     for start in range(0, len(images), CHUNK):
@@ -83,7 +91,9 @@ def main() -> None:
     data = cifar10.load_source(args.source, "data/cache")
     train, test = data.train.images[: args.n_train], data.test.images[: args.n_test]
     model = inception.load_inception()
-    name = "cuda " + torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    name = (
+        "cuda " + torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    )
     print(f"device {name}; {len(train)} train vs {len(test)} test images; batch {args.batch_size}")
     print(f"protocol: {inception.PROTOCOL}")
     fids = {}

@@ -14,9 +14,7 @@ import argparse
 import csv
 import io
 import json
-import sys
 from pathlib import Path
-
 
 from pipeline.core.atomic import write_bytes
 from pipeline.core.plots import save_png
@@ -48,7 +46,9 @@ def main() -> None:
         curve = read_curve(run)
         best = json.loads((run / "metrics" / "train.json").read_text())["val_nll"]
         for row in curve:
-            writer.writerow([run.name, row["epoch"], f"{float(row['train_loss']):.4f}", f"{float(row['val_loss']):.4f}"])
+            writer.writerow(
+                [run.name, row["epoch"], f"{float(row['train_loss']):.4f}", f"{float(row['val_loss']):.4f}"]
+            )
         epochs = [int(r["epoch"]) for r in curve][1:]  # epoch 1 is off the scale of the rest
         ax.plot(epochs, [float(r["val_loss"]) for r in curve][1:], label=f"{run.name} ({best:.4f})")
     ax.set_xlabel("epoch")

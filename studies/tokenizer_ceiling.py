@@ -23,16 +23,15 @@ import h5py
 import numpy as np
 import torch
 
-
 from pipeline.core.images import to_float_nchw, to_uint8
 from pipeline.core.runtime import resolve_device, resolve_precision
 from pipeline.data import cifar10
 from pipeline.evaluation.reconstruction import pixel_metrics, psnr
 from pipeline.features.files import read_feature_info
 from pipeline.params import DEFAULT_PARAMS, load_params
+from pipeline.paths import FEATURES, RAW
 from pipeline.tokenizer import decoder_training as dt
 from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
-from pipeline.paths import FEATURES, RAW
 
 
 def grids(features: np.ndarray, idx, device: torch.device) -> torch.Tensor:
@@ -44,7 +43,10 @@ def reconstruct(model: InverseCNN, features: np.ndarray, batch_size: int, device
     """uint8 (N, 32, 32, 3) images the decoder makes of feature grids (N, g, g, C)."""
     model.eval()
     with torch.no_grad():
-        out = [to_uint8(model(grids(features, slice(i, i + batch_size), device))) for i in range(0, len(features), batch_size)]
+        out = [
+            to_uint8(model(grids(features, slice(i, i + batch_size), device)))
+            for i in range(0, len(features), batch_size)
+        ]
     return np.concatenate(out)
 
 
@@ -61,8 +63,10 @@ def main() -> None:
         train_x, val_x = f["train/features"][:], f["val/features"][:]
     train, val = cifar10.read_split(RAW, "train"), cifar10.read_split(RAW, "val")
     grid, dim = info.layout.grid_h, info.layout.dim
-    print(f"{FEATURES}: {info.layout.encoder} {info.layers}, {dim} dims on a {grid}x{grid} grid; "
-          f"decoder {p.channels} ch, {p.res_blocks} blocks, {p.epochs} epoch(s), {precision} on {device}")  # fmt: skip
+    print(
+        f"{FEATURES}: {info.layout.encoder} {info.layers}, {dim} dims on a {grid}x{grid} grid; "
+        f"decoder {p.channels} ch, {p.res_blocks} blocks, {p.epochs} epoch(s), {precision} on {device}"
+    )
 
     config = DecoderConfig(in_channels=dim, grid=grid, k=1, channels=p.channels, res_blocks=p.res_blocks)
     with torch.random.fork_rng(devices=[]):  # the stage's seeded initial weights
@@ -78,9 +82,17 @@ def main() -> None:
 
     curve = slice(0, dt.CURVE_IMAGES)  # the stage's PSNR curve, on the features of the same val images
     t0 = time.perf_counter()
-    run = dt.fit_decoder(p, model, len(train_x), batch,
-                         lambda: psnr(val.images[curve], reconstruct(model, val_x[curve], p.batch_size, device)),
-                         None, device, precision, dt.training_loss(p, perceptual))  # fmt: skip
+    run = dt.fit_decoder(
+        p,
+        model,
+        len(train_x),
+        batch,
+        lambda: psnr(val.images[curve], reconstruct(model, val_x[curve], p.batch_size, device)),
+        None,
+        device,
+        precision,
+        dt.training_loss(p, perceptual),
+    )
     ceiling = pixel_metrics(val.images, reconstruct(run.model, val_x, p.batch_size, device))
     print(f"trained in {time.perf_counter() - t0:.0f} s; best epoch {run.best['epoch']} of {run.epoch}")
     print(f"val PSNR from the features (no quantisation): {ceiling['psnr_db']:.2f} dB, SSIM {ceiling['ssim']:.3f}")

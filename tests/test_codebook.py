@@ -11,9 +11,10 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from pipeline.tokenizer import files as token_files, kmeans as cb
-from pipeline.tokenizer.palette import palette_decode
 from pipeline.core.errors import PipelineError
+from pipeline.tokenizer import files as token_files
+from pipeline.tokenizer import kmeans as cb
+from pipeline.tokenizer.palette import palette_decode
 from stages.codebook import codebook as codebook_stage
 
 
@@ -33,8 +34,17 @@ def write_features(path: Path, train: np.ndarray, test: np.ndarray, encoder: str
             f[f"{split}/features"] = feats
             f[f"{split}/labels"] = (np.arange(len(feats)) % 10).astype(np.uint8)
         f.attrs.update(
-            dict(encoder=encoder, layers=["layer3"], layer_channels=[train.shape[-1]], grid=train.shape[1], input_size=32,
-                 pool="avg", standardized=False, weights_sha256="0" * 64, normalization="none"),  # fmt: skip
+            dict(
+                encoder=encoder,
+                layers=["layer3"],
+                layer_channels=[train.shape[-1]],
+                grid=train.shape[1],
+                input_size=32,
+                pool="avg",
+                standardized=False,
+                weights_sha256="0" * 64,
+                normalization="none",
+            ),
         )
         f.attrs.update(attrs)
     return path
@@ -47,8 +57,17 @@ def workdir(tmp_path, monkeypatch, repo_params):
 
     def write_params(**codebook) -> Path:
         repo_params["codebook"].update(
-            dict(k=8, niter=20, seed=0, sample_size=100_000, max_points_per_centroid=10_000, init="kmeans++", pca_dims=None,
-                 device="cpu") | codebook,  # fmt: skip
+            dict(
+                k=8,
+                niter=20,
+                seed=0,
+                sample_size=100_000,
+                max_points_per_centroid=10_000,
+                init="kmeans++",
+                pca_dims=None,
+                device="cpu",
+            )
+            | codebook,
         )
         path = tmp_path / "params.yaml"
         path.write_text(yaml.safe_dump(repo_params, sort_keys=False))
@@ -148,14 +167,17 @@ def test_two_codes_per_cell_quantise_the_first_codes_residual(workdir):
     with h5py.File(root / "data/tokens/tokens.h5") as f:
         np.testing.assert_array_equal(f["test/tokens"][:], tokens[:, 0::2])
     assert json.loads((root / "metrics/codebook.json").read_text())["rel_quant_error_test"] == pytest.approx(
-        metrics["rel_quant_error_test_first_code"])
+        metrics["rel_quant_error_test_first_code"]
+    )
 
 
 def test_pixel_palette_takes_one_code_per_cell(workdir):
     root, write_params = workdir
     pixels = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float16)
     write_features(root / "data/features/features.h5", pixels, pixels, encoder="pixels")
-    with pytest.raises(PipelineError, match=r"codebook.codes_per_cell = 2: the pixel palette .* set codebook.codes_per_cell to 1"):
+    with pytest.raises(
+        PipelineError, match=r"codebook.codes_per_cell = 2: the pixel palette .* set codebook.codes_per_cell to 1"
+    ):
         codebook_stage(params=write_params(k=8, codes_per_cell=2))
 
 
@@ -290,7 +312,9 @@ def test_pca_keeps_the_leading_components_and_stores_feature_space_centroids(wor
     # one code per blob: the token of a cell is a relabelling of its blob id
     assert len(set(zip(tokens.ravel().tolist(), ids.reshape(len(ids), -1).ravel().tolist()))) == 8
 
-    with pytest.raises(PipelineError, match=r"codebook.pca_dims = 9, but the features have 8 dims; set it to at most 8"):
+    with pytest.raises(
+        PipelineError, match=r"codebook.pca_dims = 9, but the features have 8 dims; set it to at most 8"
+    ):
         codebook_stage(params=write_params(pca_dims=9))
 
 

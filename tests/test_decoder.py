@@ -13,19 +13,31 @@ import torch
 from conftest import make_images, requires_real_weights, write_raw
 
 from pipeline.core.checkpoint import NAME as CHECKPOINT
+from pipeline.core.errors import PipelineError
 from pipeline.core.training import Run
 from pipeline.data import cifar10
-from pipeline.tokenizer import decoder_training as dt, files as token_files
-from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
-from pipeline.core.errors import PipelineError
 from pipeline.evaluation.reconstruction import psnr, ssim
 from pipeline.params import DecoderParams
+from pipeline.tokenizer import decoder_training as dt
+from pipeline.tokenizer import files as token_files
+from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
 from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder, save_cnn_decoder, save_palette_decoder
 
 SMALL = dict(
-    channels=8, res_blocks=1, epochs=2, batch_size=8, lr=0.003, warmup_steps=2, weight_decay=0.0,
-    pixel_loss="l1", perceptual_weight=0.0, token_noise=0.0, seed=0, precision="fp32", device="cpu",
-)  # fmt: skip
+    channels=8,
+    res_blocks=1,
+    epochs=2,
+    batch_size=8,
+    lr=0.003,
+    warmup_steps=2,
+    weight_decay=0.0,
+    pixel_loss="l1",
+    perceptual_weight=0.0,
+    token_noise=0.0,
+    seed=0,
+    precision="fp32",
+    device="cpu",
+)
 
 
 def params(**overrides) -> DecoderParams:
@@ -33,13 +45,22 @@ def params(**overrides) -> DecoderParams:
 
 
 def write_inputs(
-    root: Path, encoder: str = "cifar_resnet20", grid: int = 8, dim: int = 6, k: int = 16,
-    n_train: int = 16, n_test: int = 6, feature_grid: int | None = None, shuffle_labels: bool = False,
-) -> dict[str, Path]:  # fmt: skip
+    root: Path,
+    encoder: str = "cifar_resnet20",
+    grid: int = 8,
+    dim: int = 6,
+    k: int = 16,
+    n_train: int = 16,
+    n_test: int = 6,
+    feature_grid: int | None = None,
+    shuffle_labels: bool = False,
+) -> dict[str, Path]:
     """Synthetic raw/features/codebook/tokens files that follow the stage contracts."""
     rng = np.random.default_rng(0)
-    paths = {name: root / f"{name}.{ext}" for name, ext in
-             [("raw", "h5"), ("features", "h5"), ("codebook", "safetensors"), ("tokens", "h5")]}  # fmt: skip
+    paths = {
+        name: root / f"{name}.{ext}"
+        for name, ext in [("raw", "h5"), ("features", "h5"), ("codebook", "safetensors"), ("tokens", "h5")]
+    }
     data = write_raw(paths["raw"], n_train, n_test)
     y_train, y_val = data.train.labels, data.val.labels
     fg = feature_grid or grid
@@ -47,18 +68,39 @@ def write_inputs(
         for split, y in (("train", y_train), ("val", y_val), ("test", data.test.labels)):
             f[f"{split}/features"] = rng.normal(size=(len(y), fg, fg, dim)).astype(np.float16)
             f[f"{split}/labels"] = y
-        f.attrs.update(encoder=encoder, layers=["rgb"] if encoder == "pixels" else ["layer1", "layer2", "layer3"],
-                       grid=fg, input_size=32, pool="avg", standardized=True)  # fmt: skip
+        f.attrs.update(
+            encoder=encoder,
+            layers=["rgb"] if encoder == "pixels" else ["layer1", "layer2", "layer3"],
+            grid=fg,
+            input_size=32,
+            pool="avg",
+            standardized=True,
+        )
         f["stats/mean"] = np.full(dim, 0.5, np.float32)
         f["stats/std"] = np.full(dim, 0.25, np.float32)
     centroids = rng.normal(size=(k, dim)).astype(np.float32)
     token_files.write_codebook(paths["codebook"], centroids, {"k": k})
-    splits = {split: (rng.integers(0, k, (len(y), grid * grid)).astype(np.uint16), rng.permutation(y) if shuffle_labels else y)
-              for split, y in (("train", y_train), ("val", y_val), ("test", data.test.labels))}  # fmt: skip
-    token_files.write_tokens(paths["tokens"], splits, dict(
-        k=k, grid_h=grid, grid_w=grid, n_classes=10, classes=list(cifar10.CLASSES), encoder=encoder, feature_dim=dim,
-        codebook_sha256=token_files.centroids_sha256(centroids),
-    ))  # fmt: skip
+    splits = {
+        split: (
+            rng.integers(0, k, (len(y), grid * grid)).astype(np.uint16),
+            rng.permutation(y) if shuffle_labels else y,
+        )
+        for split, y in (("train", y_train), ("val", y_val), ("test", data.test.labels))
+    }
+    token_files.write_tokens(
+        paths["tokens"],
+        splits,
+        dict(
+            k=k,
+            grid_h=grid,
+            grid_w=grid,
+            n_classes=10,
+            classes=list(cifar10.CLASSES),
+            encoder=encoder,
+            feature_dim=dim,
+            codebook_sha256=token_files.centroids_sha256(centroids),
+        ),
+    )
     return paths
 
 
@@ -234,7 +276,10 @@ def test_token_noise_draws_each_code_from_its_own_level():
 def test_token_noise_changes_training_and_leaves_the_inputs_alone(tmp_path):
     inputs = load(write_inputs(tmp_path))
     train_tokens, val_tokens = inputs.train_tokens.copy(), inputs.val_tokens.copy()
-    clean, noisy = train(params(), inputs, tmp_path / "clean"), train(params(token_noise=0.3), inputs, tmp_path / "noisy")
+    clean, noisy = (
+        train(params(), inputs, tmp_path / "clean"),
+        train(params(token_noise=0.3), inputs, tmp_path / "noisy"),
+    )
     assert clean.history[0]["train_loss"] != noisy.history[0]["train_loss"]
     assert np.array_equal(inputs.train_tokens, train_tokens) and np.array_equal(inputs.val_tokens, val_tokens)
 
@@ -308,8 +353,15 @@ def test_pixel_patches_train_the_cnn_not_a_palette(tmp_path):
     inputs = load(paths)
     assert not inputs.is_palette and load(write_inputs(tmp_path / "p", encoder="pixels", grid=32, dim=3)).is_palette
     feature_loss = dt.build_feature_loss(inputs, torch.device("cpu"))
-    result = dt.train_decoder(params(epochs=1, perceptual_weight=0.5), inputs, tmp_path / "ckpt", torch.device("cpu"),
-                              "fp32", "code", feature_loss)  # fmt: skip
+    result = dt.train_decoder(
+        params(epochs=1, perceptual_weight=0.5),
+        inputs,
+        tmp_path / "ckpt",
+        torch.device("cpu"),
+        "fp32",
+        "code",
+        feature_loss,
+    )
     assert result.history[0]["epoch"] == 1 and math.isfinite(result.history[0]["train_loss"])
 
 
@@ -335,14 +387,18 @@ def test_mismatching_inputs_fail_clearly(tmp_path):
 def test_stage_end_to_end(tmp_path, monkeypatch, repo_params, torch_home, kind):
     import yaml
 
-    from stages import decoder as stage
     from pipeline.paths import CODEBOOK, DECODER_CHECKPOINTS, FEATURES, RAW, TOKENS
+    from stages import decoder as stage
 
     monkeypatch.chdir(tmp_path)
     if kind == "cnn":  # real ResNet-20 layers 1-3 give 16 + 32 + 64 = 112 channels
         paths, dim, grid = write_inputs(tmp_path / "in", dim=112, n_train=16, n_test=8), 112, 8
     else:
-        paths, dim, grid = write_inputs(tmp_path / "in", encoder="pixels", grid=32, dim=3, k=8, n_train=10, n_test=8), 3, 32
+        paths, dim, grid = (
+            write_inputs(tmp_path / "in", encoder="pixels", grid=32, dim=3, k=8, n_train=10, n_test=8),
+            3,
+            32,
+        )
     for name, target in (("raw", RAW), ("features", FEATURES), ("codebook", CODEBOOK), ("tokens", TOKENS)):
         target.parent.mkdir(parents=True, exist_ok=True)
         paths[name].rename(target)
@@ -353,7 +409,12 @@ def test_stage_end_to_end(tmp_path, monkeypatch, repo_params, torch_home, kind):
     Path("params.yaml").write_text(yaml.safe_dump(repo_params))
     stage.decoder(Path("params.yaml"))
     metrics = json.loads(Path("metrics/decoder.json").read_text())
-    assert metrics["kind"] == kind and metrics["tokens_per_image"] == grid * grid and metrics["n_images"] == 10 and metrics["split"] == "val"
+    assert (
+        metrics["kind"] == kind
+        and metrics["tokens_per_image"] == grid * grid
+        and metrics["n_images"] == 10
+        and metrics["split"] == "val"
+    )
     assert metrics["psnr_db"] > 0 and -1 <= metrics["ssim"] <= 1
     assert (metrics["epochs"], metrics["best_epoch"]) == ((1, 1) if kind == "cnn" else (0, 0))
     assert "accuracy_reconstructions" not in metrics  # classifier scores come from the reconstruct stage

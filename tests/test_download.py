@@ -1,12 +1,12 @@
 import h5py
 import numpy as np
 import pytest
-
 from conftest import REAL_NPZ, make_images, requires_real_cifar, write_npz
-from pipeline.data import cifar10
+
 from pipeline.core.atomic import atomic_path
-from pipeline.data.cifar10 import DataError
 from pipeline.core.hashing import sha256_file
+from pipeline.data import cifar10
+from pipeline.data.cifar10 import DataError
 
 EXPECT_SMALL = {"train": 60, "test": 20}
 
@@ -23,8 +23,11 @@ def test_npz_to_h5_keeps_images_labels_and_provenance(synthetic_npz, tmp_path):
     src = np.load(synthetic_npz)
     with h5py.File(out) as f:
         order = np.concatenate([f["train/source_index"][:], f["val/source_index"][:]])
-        for split, source_split, index in (("train", "train", f["train/source_index"][:]),
-                                           ("val", "train", f["val/source_index"][:]), ("test", "test", None)):
+        for split, source_split, index in (
+            ("train", "train", f["train/source_index"][:]),
+            ("val", "train", f["val/source_index"][:]),
+            ("test", "test", None),
+        ):
             images, labels = f[f"{split}/images"], f[f"{split}/labels"]
             x, y = src[f"x_{source_split}"], src[f"y_{source_split}"]
             x, y = (x, y) if index is None else (x[index], y[index])
@@ -108,7 +111,15 @@ def test_missing_source_says_what_is_accepted(tmp_path):
 def test_tampered_batches_folder_is_rejected_before_unpickling(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"]:
+    for name in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+        "batches.meta",
+    ]:
         (folder / name).write_bytes(b"not the official file")
     with pytest.raises(DataError, match="cifar-10-batches-py.*corrupted"):
         cifar10.load_source(str(folder), tmp_path)

@@ -2,7 +2,6 @@
 
 import h5py
 import yaml
-
 from conftest import copy_repo, run, write_npz
 
 

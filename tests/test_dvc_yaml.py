@@ -7,8 +7,8 @@ The same file list is hashed into every training checkpoint, so the two notions 
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from pipeline.core.hashing import stage_code
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]

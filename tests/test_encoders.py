@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REAL_NPZ, requires_real_cifar
+
+from pipeline.core.errors import PipelineError
 from pipeline.evaluation.classifier import classify
 from pipeline.features.encoders import ENCODERS, build_encoder, check_layers
 from pipeline.features.encoders.cifar_resnet import CHECKPOINTS, CifarResNet, load_cifar_resnet
-from pipeline.core.errors import PipelineError
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,9 @@ def test_cifar_resnet_architecture(depth, n_params, n_keys):
         stages = model.stages(x)
         logits = model(x)
     assert {k: tuple(v.shape[1:]) for k, v in stages.items()} == {
-        "layer1": (16, 32, 32), "layer2": (32, 16, 16), "layer3": (64, 8, 8)
+        "layer1": (16, 32, 32),
+        "layer2": (32, 16, 16),
+        "layer3": (64, 8, 8),
     }
     assert logits.shape == (2, 10)
 
@@ -92,8 +94,17 @@ def test_efficientnet_lite0_weights_ship_in_the_wheel(monkeypatch):
 
 
 def test_registry_lists_every_encoder_and_rejects_unknown_names():
-    assert {"cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56", "resnet18", "resnet50",
-            "vgg16_bn", "efficientnet_lite0", "pixels"} == set(ENCODERS)
+    assert {
+        "cifar_resnet20",
+        "cifar_resnet32",
+        "cifar_resnet44",
+        "cifar_resnet56",
+        "resnet18",
+        "resnet50",
+        "vgg16_bn",
+        "efficientnet_lite0",
+        "pixels",
+    } == set(ENCODERS)
     with pytest.raises(PipelineError, match=r"extract.encoder = 'vit'.*'pixels'"):
         build_encoder("vit")
     enc = build_encoder("pixels")

@@ -15,24 +15,31 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, inception_weights, make_images, requires_inception, requires_real_weights, write_raw
-from pipeline.gpt import likelihood
+from sample_world import K, tiny_gpt, write_world
+from test_sample import run_sample
+
 from pipeline.core.errors import PipelineError
-from pipeline.gpt.model import training_inputs
 from pipeline.evaluation import inception
 from pipeline.evaluation.distribution import class_table, pooled_features, proxy_distances
 from pipeline.evaluation.feature_stats import Gaussian
 from pipeline.evaluation.reference import Reference, description, read_reference
-from pipeline.tokenizer.files import TokenSplit
-from sample_world import K, tiny_gpt, write_world
+from pipeline.gpt import likelihood
+from pipeline.gpt.model import training_inputs
 from pipeline.paths import METRICS, PLOTS, RAW, REFERENCE
-from test_sample import run_sample
+from pipeline.tokenizer.files import TokenSplit
 
 N_TRAIN, N_TEST = 60, 40  # the raw images of write_world
 # Inception is slow on a CPU: few images everywhere (degenerate covariances, but every code path runs).
-REFERENCE_PARAMS = {"n_train": 10, "n_test": 12, "kid_images": 8, "batch_size": 12, "precision": "fp32",
-                    "seed": 0, "device": "cpu"}  # fmt: skip
+REFERENCE_PARAMS = {
+    "n_train": 10,
+    "n_test": 12,
+    "kid_images": 8,
+    "batch_size": 12,
+    "precision": "fp32",
+    "seed": 0,
+    "device": "cpu",
+}
 FEW = {"n_samples": 10, "kid_subset_size": 5}  # samples scored by evaluate (the world holds 30)
 
 
@@ -69,10 +76,16 @@ def test_reference_stage_writes_statistics_and_the_floor(reference_dir):
     assert (ref.train.n, ref.test.n, len(ref.train_kid)) == (10, 12, 8)
     assert ref.train.mean.shape == (inception.FEATURES,) and ref.train.cov.shape == (inception.FEATURES,) * 2
     assert ref.test_features.shape == (12, inception.FEATURES)
-    assert len(set(ref.test_indices)) == 12 and np.all(np.diff(ref.test_indices) > 0) and ref.test_indices.max() < N_TEST
+    assert (
+        len(set(ref.test_indices)) == 12 and np.all(np.diff(ref.test_indices) > 0) and ref.test_indices.max() < N_TEST
+    )
     assert ref.precision == "fp32" and ref.protocol == inception.PROTOCOL
     m = json.loads((reference_dir / METRICS / "reference.json").read_text())
-    assert m["fid_inception_test_vs_train"] > 0 and m["reference_train_images"] == 10 and m["protocol"] == inception.PROTOCOL
+    assert (
+        m["fid_inception_test_vs_train"] > 0
+        and m["reference_train_images"] == 10
+        and m["protocol"] == inception.PROTOCOL
+    )
 
 
 @requires_inception
@@ -90,9 +103,17 @@ def test_description_says_whether_the_counts_are_the_published_ones():
         return Gaussian(np.zeros(2), np.eye(2), n)
 
     features = np.zeros((3, 2), np.float32)
-    ref = Reference(train=g(50_000), train_kid=features, test=g(10_000), test_features=features,
-                    test_indices=np.arange(3), precision="fp32")  # fmt: skip
-    assert description(ref, 50_000, "train")["published_counts"] and description(ref, 10_000, "test")["published_counts"]
+    ref = Reference(
+        train=g(50_000),
+        train_kid=features,
+        test=g(10_000),
+        test_features=features,
+        test_indices=np.arange(3),
+        precision="fp32",
+    )
+    assert (
+        description(ref, 50_000, "train")["published_counts"] and description(ref, 10_000, "test")["published_counts"]
+    )
     assert "counts_note" not in description(ref, 50_000, "train") and "published_counts" not in description(ref)
     small = description(ref, 1000, "train")
     assert small["published_counts"] is False and small["counts_note"].startswith("1000 images against 50000 train")
@@ -146,8 +167,9 @@ def test_evaluate_writes_eval_json(tmp_path, monkeypatch, torch_home, reference_
 
     # unconditional: more samples scored than the reference has test images; the floor then uses all of them
     few = FEW if conditional else FEW | {"n_samples": 20}
-    root = with_reference(write_world(tmp_path, conditional=conditional, n_train=N_TRAIN, n_test=N_TEST, evaluate=few),
-                          reference_dir)  # fmt: skip
+    root = with_reference(
+        write_world(tmp_path, conditional=conditional, n_train=N_TRAIN, n_test=N_TEST, evaluate=few), reference_dir
+    )
     run_sample(root, monkeypatch)  # 30 samples
     evaluate(root / "params.yaml")
     m = json.loads((root / METRICS / "eval.json").read_text())
@@ -156,7 +178,12 @@ def test_evaluate_writes_eval_json(tmp_path, monkeypatch, torch_home, reference_
     assert m["evaluator"] == "cifar_resnet56" and m["inception"]["reference_train_images"] == 10
     assert m["inception"]["published_counts"] is False and "published CIFAR-10 numbers" in m["inception"]["counts_note"]
     s, floor = m["samples"], m["floor_test_images"]
-    assert s["n"] == few["n_samples"] and floor["n"] == min(few["n_samples"], 12) and s["fid_inception"] > 0 and floor["fid_inception"] > 0
+    assert (
+        s["n"] == few["n_samples"]
+        and floor["n"] == min(few["n_samples"], 12)
+        and s["fid_inception"] > 0
+        and floor["fid_inception"] > 0
+    )
     assert s["kid_inception_std"] >= 0 and s["fid_resnet56"] >= 0 and s["kid_resnet56_std"] >= 0
     assert all(0 <= x[key] <= 1 for x in (s, floor) for key in ("precision_inception", "recall_inception"))
     assert (0 <= s["class_agreement"] <= 1) if conditional else s["class_agreement"] is None
@@ -166,11 +193,14 @@ def test_evaluate_writes_eval_json(tmp_path, monkeypatch, torch_home, reference_
 
 @requires_inception
 @requires_real_weights
-def test_reconstruct_scores_the_tokenizer_on_the_reference_test_images(tmp_path, monkeypatch, torch_home, reference_dir):
+def test_reconstruct_scores_the_tokenizer_on_the_reference_test_images(
+    tmp_path, monkeypatch, torch_home, reference_dir
+):
     from stages.reconstruct import reconstruct
 
-    root = with_reference(write_world(tmp_path, n_train=N_TRAIN, n_test=N_TEST, reconstruct={"n_images": 6}),
-                          reference_dir)  # fmt: skip
+    root = with_reference(
+        write_world(tmp_path, n_train=N_TRAIN, n_test=N_TEST, reconstruct={"n_images": 6}), reference_dir
+    )
     monkeypatch.chdir(root)
     reconstruct(root / "params.yaml")
     m = json.loads((root / METRICS / "reconstruct.json").read_text())

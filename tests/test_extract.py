@@ -6,18 +6,28 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import make_images, write_raw
 from typer.testing import CliRunner
 
-from conftest import make_images, write_raw
+from pipeline.core.errors import PipelineError
 from pipeline.data import cifar10
 from pipeline.features.encoders import build_encoder
-from pipeline.core.errors import PipelineError
 from pipeline.features.extract import GridSpec, _check_finite, encode_batch, fuse_conv_bn, run_extract
 from pipeline.params import ExtractParams
 
 N_TRAIN, N_TEST = 24, 10
-BASE = dict(encoder="cifar_resnet20", layers=["layer1", "layer2", "layer3"], grid=8, pool="avg", input_size=32,
-            standardize=True, flip=False, batch_size=10, precision="fp32", device="cpu")
+BASE = dict(
+    encoder="cifar_resnet20",
+    layers=["layer1", "layer2", "layer3"],
+    grid=8,
+    pool="avg",
+    input_size=32,
+    standardize=True,
+    flip=False,
+    batch_size=10,
+    precision="fp32",
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +78,21 @@ def test_flipped_features_are_the_features_of_mirrored_images(raw, tmp_path):
     encoder = build_encoder(BASE["encoder"], pretrained=False)
     mirrored = cifar10.read_split(raw, "train").images[:, :, ::-1]
     spec = GridSpec(tuple(BASE["layers"]), 8, 32, "avg")
-    expect = (encode_batch(fuse_conv_bn(encoder), mirrored, spec, torch.device("cpu"), "fp32", False).numpy() - mean) / std
+    expect = (
+        encode_batch(fuse_conv_bn(encoder), mirrored, spec, torch.device("cpu"), "fp32", False).numpy() - mean
+    ) / std
     np.testing.assert_allclose(flipped.astype(np.float32), expect, atol=2e-2, rtol=2e-3)
     assert not np.allclose(flipped, grids[:, :, ::-1], atol=0.1)  # not the train grid mirrored
 
 
 def test_layers_concatenate_in_order_and_standardisation_uses_train_stats(raw, tmp_path):
     plain = dict(standardize=False)
-    with extract(raw, tmp_path / "l1.h5", layers=["layer1"], **plain) as l1, \
-            extract(raw, tmp_path / "l3.h5", layers=["layer3"], **plain) as l3, \
-            extract(raw, tmp_path / "both.h5", layers=["layer3", "layer1"], **plain) as both, \
-            extract(raw, tmp_path / "std.h5", layers=["layer3", "layer1"]) as std:
+    with (
+        extract(raw, tmp_path / "l1.h5", layers=["layer1"], **plain) as l1,
+        extract(raw, tmp_path / "l3.h5", layers=["layer3"], **plain) as l3,
+        extract(raw, tmp_path / "both.h5", layers=["layer3", "layer1"], **plain) as both,
+        extract(raw, tmp_path / "std.h5", layers=["layer3", "layer1"]) as std,
+    ):
         assert "stats" not in both and not both.attrs["standardized"]
         for split in ("train", "test"):
             expect = np.concatenate([l3[f"{split}/features"][:], l1[f"{split}/features"][:]], axis=-1)
@@ -171,7 +185,12 @@ def test_conv_bn_fusion_and_bf16_keep_the_features():
         ("resnet18", 64, ["stem", "layer2", "layer4"], [(64, 32, 32), (128, 8, 8), (512, 2, 2)]),
         ("resnet50", 64, ["layer1", "layer3"], [(256, 16, 16), (1024, 4, 4)]),
         ("vgg16_bn", 32, ["block1", "block3", "block5"], [(64, 32, 32), (256, 8, 8), (512, 2, 2)]),
-        ("efficientnet_lite0", 64, ["stem", "stage3", "stage6", "head"], [(32, 32, 32), (40, 8, 8), (192, 2, 2), (1280, 2, 2)]),
+        (
+            "efficientnet_lite0",
+            64,
+            ["stem", "stage3", "stage6", "head"],
+            [(32, 32, 32), (40, 8, 8), (192, 2, 2), (1280, 2, 2)],
+        ),
     ],
 )
 def test_imagenet_encoders_layer_shapes(name, size, layers, shapes):
@@ -187,8 +206,9 @@ def test_imagenet_encoders_layer_shapes(name, size, layers, shapes):
 def test_stage_cli_writes_features_and_reports_bad_params(raw, tmp_path, monkeypatch, repo_params):
     import yaml
 
-    from stages import app, extract as _  # noqa: F401  (registers the command)
     from pipeline.paths import FEATURES, RAW
+    from stages import app
+    from stages import extract as _  # noqa: F401  (registers the command)
 
     monkeypatch.chdir(tmp_path)
     RAW.parent.mkdir(parents=True)

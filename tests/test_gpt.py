@@ -15,19 +15,39 @@ from pipeline.gpt.rotary import Rotary2D
 K = 24
 # every attention pattern, and grouped-query attention (one key/value head for the two query heads)
 VARIANTS = {
-    "full": {}, "local": dict(attention="local", window=3), "axial": dict(attention="axial"),
-    "strided": dict(attention="strided"), "gqa": dict(n_kv_head=1),
-}  # fmt: skip
+    "full": {},
+    "local": dict(attention="local", window=3),
+    "axial": dict(attention="axial"),
+    "strided": dict(attention="strided"),
+    "gqa": dict(n_kv_head=1),
+}
 POS_EMBS = ["1d", "2d", "rope2d", "none"]
 variants = pytest.mark.parametrize("variant", list(VARIANTS))
 pos_embs = pytest.mark.parametrize("pos_emb", POS_EMBS)
 
 
-def make(conditional: bool, pos_emb: str = "2d", attn_impl: str = "sdpa", seed: int = 0, variant: str = "full",
-         **config) -> GPT:  # fmt: skip
+def make(
+    conditional: bool, pos_emb: str = "2d", attn_impl: str = "sdpa", seed: int = 0, variant: str = "full", **config
+) -> GPT:
     torch.manual_seed(seed)
-    cfg = GPTConfig(**{**dict(k=K, grid_h=3, grid_w=4, n_classes=10, conditional=conditional, n_layer=2, n_head=2,
-                              n_embd=32, dropout=0.1, pos_emb=pos_emb), **VARIANTS[variant], **config})
+    cfg = GPTConfig(
+        **{
+            **dict(
+                k=K,
+                grid_h=3,
+                grid_w=4,
+                n_classes=10,
+                conditional=conditional,
+                n_layer=2,
+                n_head=2,
+                n_embd=32,
+                dropout=0.1,
+                pos_emb=pos_emb,
+            ),
+            **VARIANTS[variant],
+            **config,
+        }
+    )
     model = GPT(cfg, attn_impl).eval()
     with torch.no_grad():  # random, larger weights so the logits are far from uniform
         for p in model.parameters():
@@ -306,13 +326,25 @@ def test_default_is_the_unchanged_full_attention():
     assert (model.cfg.attention, model.cfg.n_kv_head, model.cfg.kv_heads) == ("full", None, 2)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     assert shapes == {
-        "row_emb": (3, 32), "col_emb": (4, 32), "wte.weight": (K + 11, 32), "head.weight": (K + 11, 32),
-        "blocks.0.ln1.weight": (32,), "blocks.0.ln1.bias": (32,),
-        "blocks.0.ln2.weight": (32,), "blocks.0.ln2.bias": (32,),
-        "blocks.0.attn.qkv.weight": (96, 32), "blocks.0.attn.qkv.bias": (96,), "blocks.0.attn.proj.weight": (32, 32),
-        "blocks.0.attn.proj.bias": (32,), "blocks.0.mlp.0.weight": (128, 32), "blocks.0.mlp.0.bias": (128,),
-        "blocks.0.mlp.2.weight": (32, 128), "blocks.0.mlp.2.bias": (32,), "ln_f.weight": (32,), "ln_f.bias": (32,),
-    }  # fmt: skip
+        "row_emb": (3, 32),
+        "col_emb": (4, 32),
+        "wte.weight": (K + 11, 32),
+        "head.weight": (K + 11, 32),
+        "blocks.0.ln1.weight": (32,),
+        "blocks.0.ln1.bias": (32,),
+        "blocks.0.ln2.weight": (32,),
+        "blocks.0.ln2.bias": (32,),
+        "blocks.0.attn.qkv.weight": (96, 32),
+        "blocks.0.attn.qkv.bias": (96,),
+        "blocks.0.attn.proj.weight": (32, 32),
+        "blocks.0.attn.proj.bias": (32,),
+        "blocks.0.mlp.0.weight": (128, 32),
+        "blocks.0.mlp.0.bias": (128,),
+        "blocks.0.mlp.2.weight": (32, 128),
+        "blocks.0.mlp.2.bias": (32,),
+        "ln_f.weight": (32,),
+        "ln_f.bias": (32,),
+    }
     x = torch.randint(0, K, (3, 12))
     for impl in ("sdpa", "reference"):
         model = make(True, attn_impl=impl)

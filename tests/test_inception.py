@@ -12,8 +12,8 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-
 from conftest import inception_weights, make_images, requires_inception
+
 from pipeline.core.errors import PipelineError
 from pipeline.evaluation import inception
 
@@ -87,8 +87,9 @@ def test_features_are_2048_per_image_and_deterministic(model):
     assert a.shape == (3, inception.FEATURES) and a.dtype == np.float32
     assert np.isfinite(a).all() and (a >= 0).all() and a.std(0).max() > 0  # post-ReLU averages, image-dependent
     np.testing.assert_array_equal(a, inception.inception_features(model, images, batch_size=3, device=CPU))
-    np.testing.assert_allclose(a, inception.inception_features(model, images, batch_size=1, device=CPU),
-                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        a, inception.inception_features(model, images, batch_size=1, device=CPU), rtol=1e-4, atol=1e-5
+    )
 
 
 @requires_inception

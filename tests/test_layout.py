@@ -1,6 +1,6 @@
 """The library's packages form layers: a package imports only from itself and the layers below it.
 
-    core  <  data  <  features  <  evaluation  <  tokenizer  <  gpt   (params, paths, hints: read by all but core)
+core  <  data  <  features  <  evaluation  <  tokenizer  <  gpt   (params, paths, hints: read by all but core)
 """
 
 import ast

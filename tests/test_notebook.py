@@ -9,11 +9,11 @@ import json
 
 import nbformat
 import yaml
+from conftest import REPO, copy_run, venv_env
 from nbclient import NotebookClient
 
-from conftest import REPO, copy_run, venv_env
 from pipeline.params import preset_overrides
-from tools.repro import plan
+from repro import plan
 
 NOTEBOOK = REPO / "notebooks" / "cifar10_image_gpt.ipynb"
 
@@ -40,7 +40,9 @@ def test_notebook_runs_the_pipeline_and_shows_its_outputs(tiny_pipeline, tmp_pat
     # images: the copy's preset keeps the model and training lines, which are what it changes.
     preset = tiny_project / "presets/cpu.args"
     sized = ("-S sample.", "-S reference.", "-S reconstruct.", "-S evaluate.")
-    preset.write_text("".join(line for line in preset.read_text().splitlines(keepends=True) if not line.startswith(sized)))
+    preset.write_text(
+        "".join(line for line in preset.read_text().splitlines(keepends=True) if not line.startswith(sized))
+    )
     monkeypatch.setenv("PATH", venv_env()["PATH"])  # the kernel's `python` and `dvc`: this interpreter's venv
     nb = with_parameters(nbformat.read(NOTEBOOK, as_version=4), 'PRESET = "cpu"')
     where = {"metadata": {"path": str(tiny_project / "notebooks")}}  # Jupyter starts a kernel in its notebook's folder

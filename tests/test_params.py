@@ -3,17 +3,22 @@ import functools
 import re
 import shlex
 from pathlib import Path
-
 from typing import get_args, get_type_hints
 
 import pytest
 import yaml
-
 from conftest import REPO, run
+
 from pipeline.gpt.attention_masks import ATTENTIONS
 from pipeline.gpt.model import GPTConfig
 from pipeline.params import (
-    CPU_PRESET, ParamsError, TrainParams, apply_overrides, cpu_preset_differences, load_params, parse_params,
+    CPU_PRESET,
+    ParamsError,
+    TrainParams,
+    apply_overrides,
+    cpu_preset_differences,
+    load_params,
+    parse_params,
     preset_overrides,
 )
 
@@ -146,7 +151,7 @@ def test_docs_attention_study_runs_are_valid_params(tmp_path):
     overrides: what `dvc exp run --queue $P -S $v` writes to params.yaml) passes validation, and `P` sets the
     study's size."""
     text = (REPO / "docs" / "attention_study.md").read_text()
-    study = text[text.index('P="$(grep'): text.index("dvc queue start")]
+    study = text[text.index('P="$(grep') : text.index("dvc queue start")]
     p_words = shlex.split(study[study.index("-S") : study.index('"\n')].replace("\\\n", " "))
     variants = re.findall(r'"(train\.[^"]+)"', study) + ["train.seed=1", "train.attention=axial -S train.seed=1"]
     assert len(variants) >= 13 and "train.pos_emb=1d" in variants
@@ -162,7 +167,6 @@ def test_docs_attention_study_runs_are_valid_params(tmp_path):
             assert (p.train.n_layer, p.train.n_embd, p.train.epochs, p.evaluate.n_samples) == (4, 128, 15, 1000), v
 
 
-
 def test_docs_tokenizer_study_rows_are_valid_params():
     """Each row's overrides in the tokenizer study's levers (docs/tokenizer_study.md, "Toward 24 dB" to the end), on
     top of the CPU preset (what `dvc exp run reconstruct $(grep -v '^#' presets/cpu.args) <overrides>` writes to
@@ -175,8 +179,10 @@ def test_docs_tokenizer_study_rows_are_valid_params():
     for row in rows:
         words = shlex.split(row)
         assert words[::2] == ["-S"] * (len(words) // 2), row
-        overrides = [(key.removeprefix("+").split("."), yaml.safe_load(value))
-                     for key, _, value in (w.partition("=") for w in words[1::2])]  # fmt: skip
+        overrides = [
+            (key.removeprefix("+").split("."), yaml.safe_load(value))
+            for key, _, value in (w.partition("=") for w in words[1::2])
+        ]
         raw = copy.deepcopy(preset)
         for (*path, name), value in overrides:
             functools.reduce(lambda mapping, key: mapping.setdefault(key, {}), path, raw)[name] = value

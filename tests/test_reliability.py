@@ -23,10 +23,22 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import (
-    REPO, TINY_PROFILE, copy_repo, copy_run, make_images, requires_real_weights, run, venv_env, write_npz, write_raw,
-)  # fmt: skip
+    REPO,
+    TINY_PROFILE,
+    copy_repo,
+    copy_run,
+    make_images,
+    requires_real_weights,
+    run,
+    venv_env,
+    write_npz,
+    write_raw,
+)
+from sample_world import gpt_config, tiny_gpt
+from test_codebook import CENTERS, blob_grids, write_features
+from test_train import write_tokens
+
 from pipeline.core.atomic import temp_path, write_bytes
 from pipeline.core.checkpoint import Checkpoint
 from pipeline.core.errors import PipelineError
@@ -39,14 +51,11 @@ from pipeline.features.files import read_feature_info
 from pipeline.gpt.model import load_gpt, save_gpt
 from pipeline.gpt.sampling import read_samples, sample_labels, write_samples
 from pipeline.params import ParamsError, SampleParams, parse_params
+from pipeline.paths import GPT_CHECKPOINTS, OUTPUT_ROOTS, RAW, TOKENS
 from pipeline.tokenizer import files as tok
 from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
 from pipeline.tokenizer.decoding import load_token_decoder, save_cnn_decoder
-from sample_world import gpt_config, tiny_gpt
 from stages.__main__ import main as cli_main
-from pipeline.paths import GPT_CHECKPOINTS, OUTPUT_ROOTS, RAW, TOKENS
-from test_codebook import CENTERS, blob_grids, write_features
-from test_train import write_tokens
 
 KILL_HOOK = REPO / "tests" / "killpoint"
 PR_CAPBSET_DROP = 24  # prctl option (linux/prctl.h)
@@ -130,8 +139,11 @@ def test_dvc_never_records_a_temporary_in_a_directory_output(tmp_path):
 
     run(["dvc", "repro", "--single-item", "train"], cwd=repo)
     assert not stale.exists() and live.exists()
-    out = next(o for o in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train"]["outs"]
-               if o["path"] == GPT_CHECKPOINTS.as_posix())  # fmt: skip
+    out = next(
+        o
+        for o in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["train"]["outs"]
+        if o["path"] == GPT_CHECKPOINTS.as_posix()
+    )
     assert out["nfiles"] == 1
     assert [e["relpath"] for e in json.loads(cache_object(repo, out["md5"]).read_text())] == ["last.pt"]
     assert not cache_object(repo, hashlib.md5(live.read_bytes()).hexdigest()).exists()
@@ -174,8 +186,10 @@ def _gpt(folder):
 
 
 def _decoder(folder):
-    save_cnn_decoder(InverseCNN(DecoderConfig(in_channels=4, grid=4, k=8, channels=32, res_blocks=0), torch.ones(8, 4)),
-                     folder / "decoder")  # fmt: skip
+    save_cnn_decoder(
+        InverseCNN(DecoderConfig(in_channels=4, grid=4, k=8, channels=32, res_blocks=0), torch.ones(8, 4)),
+        folder / "decoder",
+    )
     return folder / "decoder", folder / "decoder/model.safetensors"
 
 
@@ -254,10 +268,20 @@ def test_batches_folder_names_each_bad_file_and_the_fix(tmp_path):
 def test_offline_download_says_how_to_use_a_local_copy(tmp_path):
     params = write_params(tmp_path, download=dict(source="torchvision", cache_dir=str(tmp_path / "cache")))
     unreachable = "http://127.0.0.1:9"  # nothing listens on the discard port: refused at once, as offline
-    env = venv_env() | {"https_proxy": unreachable, "HTTPS_PROXY": unreachable, "no_proxy": "", "NO_PROXY": "",
-                        "PYTHONPATH": str(REPO)}  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "stages", "download", "--params", str(params)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    env = venv_env() | {
+        "https_proxy": unreachable,
+        "HTTPS_PROXY": unreachable,
+        "no_proxy": "",
+        "NO_PROXY": "",
+        "PYTHONPATH": str(REPO),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages", "download", "--params", str(params)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "CIFAR-10 could not be downloaded" in proc.stderr and "dvc exp run -S download.source=" in proc.stderr
 
@@ -279,8 +303,14 @@ def test_read_only_data_folder_exits_2_naming_it(tmp_path):
     command = [sys.executable, "-m", "stages", "download", "--params", str(params)]
     env = venv_env() | {"PYTHONPATH": str(REPO)}
     try:
-        proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                              preexec_fn=obey_permissions if os.geteuid() == 0 else None)  # fmt: skip
+        proc = subprocess.run(
+            command,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            preexec_fn=obey_permissions if os.geteuid() == 0 else None,
+        )
     except subprocess.SubprocessError as e:
         pytest.skip(f"cannot run a child that obeys file permissions as root here: {e}")
     finally:
@@ -291,9 +321,13 @@ def test_read_only_data_folder_exits_2_naming_it(tmp_path):
 
 @pytest.mark.parametrize(
     "section, key, value, word",
-    [("train", "epochs", True, "integer"), ("decoder", "epochs", False, "integer"),
-     ("extract", "standardize", 1, "boolean"), ("train", "lr", True, "number")],
-)  # fmt: skip
+    [
+        ("train", "epochs", True, "integer"),
+        ("decoder", "epochs", False, "integer"),
+        ("extract", "standardize", 1, "boolean"),
+        ("train", "lr", True, "number"),
+    ],
+)
 def test_yaml_booleans_are_no_numbers_and_numbers_no_booleans(repo_params, section, key, value, word):
     repo_params[section][key] = value
     with pytest.raises(ParamsError, match=f"{section}.{key} = {value!r}: .*{word}"):
@@ -348,15 +382,23 @@ CODEBOOK_TIMINGS = {"fit_seconds", "assign_seconds"}
 
 def test_codebook_stage_twice_writes_the_same_bytes(tmp_path):
     """Two processes (other hash seeds) running codebook on the same features with the same params."""
-    outputs = ["data/tokens/tokens.h5", "data/tokens/codebook.safetensors", "plots/codebook_usage.csv",
-               "plots/codebook_usage.png", "metrics/codebook.json"]  # fmt: skip
+    outputs = [
+        "data/tokens/tokens.h5",
+        "data/tokens/codebook.safetensors",
+        "plots/codebook_usage.csv",
+        "plots/codebook_usage.png",
+        "metrics/codebook.json",
+    ]
     runs = []
     for seed in ("1", "2"):
         folder = tmp_path / f"run{seed}"
         folder.mkdir()
         train, test = blob_grids(40, 4, CENTERS, 1)[0], blob_grids(10, 4, CENTERS, 2)[0]
         write_features(folder / "data/features/features.h5", train, test)
-        write_params(folder, codebook=dict(k=8, niter=10, sample_size=10_000, max_points_per_centroid=1000, pca_dims=None, device="cpu"))
+        write_params(
+            folder,
+            codebook=dict(k=8, niter=10, sample_size=10_000, max_points_per_centroid=1000, pca_dims=None, device="cpu"),
+        )
         env = venv_env() | {"PYTHONPATH": str(REPO), "PYTHONHASHSEED": seed}
         command = [sys.executable, "-m", "stages", "codebook"]
         subprocess.run(command, cwd=folder, env=env, check=True, capture_output=True)
@@ -402,9 +444,12 @@ TIMINGS = {  # keys that hold wall-clock measurements; everything else in these 
 CHECKPOINTS_TIMED = {"data/checkpoints/decoder/last.pt": {"seconds"}, "data/checkpoints/gpt/last.pt": {"seconds"}}
 NOT_BYTE_IDENTICAL = {
     **{path: f"wall-clock timings {sorted(keys)}" for path, keys in TIMINGS.items()},
-    **{path: "torch.save writes a random serialization id into every file"
-       + (f"; and wall-clock timings {sorted(keys)}" if keys else "") for path, keys in CHECKPOINTS_TIMED.items()},
-}  # fmt: skip
+    **{
+        path: "torch.save writes a random serialization id into every file"
+        + (f"; and wall-clock timings {sorted(keys)}" if keys else "")
+        for path, keys in CHECKPOINTS_TIMED.items()
+    },
+}
 
 
 # ---- the end-to-end battery on the tiny profile, with the real dvc ---------------------------------------

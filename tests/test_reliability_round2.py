@@ -16,9 +16,10 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from dvc.utils.serialize import modify_yaml
-
 from conftest import REPO, copy_repo, copy_run, run, venv_env, write_npz
+from dvc.utils.serialize import modify_yaml
+from test_reliability import dead_pid, stage_exit, write_params
+
 from pipeline.core.atomic import remove_stale_temps, temp_path
 from pipeline.core.dvc_lock import lock_problem, set_aside_damaged_lock
 from pipeline.core.errors import write_failure
@@ -26,7 +27,6 @@ from pipeline.data import cifar10
 from pipeline.data.cifar10 import DataError
 from pipeline.params import ParamsError, load_params, parse_params, preset_overrides
 from pipeline.paths import RAW
-from test_reliability import dead_pid, stage_exit, write_params
 
 DVC_TEMP = ".Z3YqM0u9yvfYaMlwllymKQ.tmp"  # the name a killed `dvc checkout` left in the issue
 
@@ -36,10 +36,16 @@ DVC_TEMP = ".Z3YqM0u9yvfYaMlwllymKQ.tmp"  # the name a killed `dvc checkout` lef
 
 @pytest.mark.parametrize(
     "section, key, value",
-    [("train", "lr", float("inf")), ("train", "weight_decay", float("inf")), ("decoder", "lr", float("inf")),
-     ("decoder", "perceptual_weight", float("inf")), ("sample", "cfg_scale", float("inf")),
-     ("sample", "temperature", float("inf")), ("train", "dropout", float("nan"))],
-)  # fmt: skip
+    [
+        ("train", "lr", float("inf")),
+        ("train", "weight_decay", float("inf")),
+        ("decoder", "lr", float("inf")),
+        ("decoder", "perceptual_weight", float("inf")),
+        ("sample", "cfg_scale", float("inf")),
+        ("sample", "temperature", float("inf")),
+        ("train", "dropout", float("nan")),
+    ],
+)
 def test_non_finite_params_are_refused_naming_the_key(repo_params, section, key, value):
     repo_params[section][key] = value
     with pytest.raises(ParamsError, match=f"{section}.{key} = {value!r}: must be a finite number"):
@@ -74,9 +80,17 @@ def test_exponent_floats_written_by_dvc_are_floats(tmp_path):
 
 
 def test_exponent_floats_typed_by_hand_and_in_presets_are_floats(tmp_path):
-    text = (REPO / "params.yaml").read_text().replace("  lr: 0.0012\n", "  lr: 3e-4\n").replace("min_lr: 0.00012", "min_lr: 1E-5")
+    text = (
+        (REPO / "params.yaml")
+        .read_text()
+        .replace("  lr: 0.0012\n", "  lr: 3e-4\n")
+        .replace("min_lr: 0.00012", "min_lr: 1E-5")
+    )
     (tmp_path / "params.yaml").write_text(text)
-    assert (load_params(tmp_path / "params.yaml").train.lr, load_params(tmp_path / "params.yaml").train.min_lr) == (3e-4, 1e-5)
+    assert (load_params(tmp_path / "params.yaml").train.lr, load_params(tmp_path / "params.yaml").train.min_lr) == (
+        3e-4,
+        1e-5,
+    )
     args = tmp_path / "x.args"
     args.write_text("-S train.lr=1e30\n-S train.min_lr=2.5e-6\n")
     assert preset_overrides(args) == {"train": {"lr": 1e30, "min_lr": 2.5e-6}}
@@ -133,8 +147,10 @@ def test_a_replaced_source_file_is_noticed(tmp_path, monkeypatch):
 # ---- F1, F2: what a killed DVC leaves --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, problem", [("", "empty"), ("schema: '2.0'\nstages:\n  download: {cmd: [", "not valid YAML"),
-                                           ("- a\n", "lacks DVC's")])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, problem",
+    [("", "empty"), ("schema: '2.0'\nstages:\n  download: {cmd: [", "not valid YAML"), ("- a\n", "lacks DVC's")],
+)
 def test_a_damaged_dvc_lock_is_set_aside(tmp_path, text, problem):
     lock = tmp_path / "dvc.lock"
     lock.write_text(text)
@@ -188,14 +204,26 @@ class SafetensorError(Exception):  # the type safetensors raises, by name
 
 @pytest.mark.parametrize(
     "error, cause",
-    [(OSError(errno.ENOSPC, "No space left on device"), "no space left"),
-     (OSError(errno.EFBIG, "File too large"), "file-size limit"),
-     (RuntimeError("Can't decrement id ref count (file write failed: ..., errno = 28, error message = 'No space "
-                   "left on device')"), "no space left"),
-     (SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left "
-                      "on device\" })"), "no space left"),
-     (RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 61504 vs 61392"), "short write")],
-)  # fmt: skip
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "no space left"),
+        (OSError(errno.EFBIG, "File too large"), "file-size limit"),
+        (
+            RuntimeError(
+                "Can't decrement id ref count (file write failed: ..., errno = 28, error message = 'No space "
+                "left on device')"
+            ),
+            "no space left",
+        ),
+        (
+            SafetensorError(
+                'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left '
+                'on device" })'
+            ),
+            "no space left",
+        ),
+        (RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 61504 vs 61392"), "short write"),
+    ],
+)
 def test_write_failures_are_recognised_in_every_form_seen(error, cause):
     assert cause in write_failure(error)
     try:
@@ -211,15 +239,23 @@ def test_other_errors_are_no_write_failures():
 def test_a_stage_on_a_full_disk_exits_2_without_a_segfault(tmp_path):
     """F3: an HDF5 writer (here the download stage's) on a tmpfs too small for its output."""
     (tmp_path / "data" / "raw").mkdir(parents=True)
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(tmp_path / "data" / "raw")],
-                           capture_output=True, text=True)  # fmt: skip
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(tmp_path / "data" / "raw")],
+        capture_output=True,
+        text=True,
+    )
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
     try:
         npz = write_npz(tmp_path / "c.npz", n_train=200, n_test=20)  # a 660 KB cifar10.h5
         params = write_params(tmp_path, download=dict(source=str(npz), expect_train=200, expect_test=20, val_size=10))
-        proc = subprocess.run([sys.executable, "-m", "stages", "download", "--params", str(params)], cwd=tmp_path,
-                              env=venv_env(), capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "stages", "download", "--params", str(params)],
+            cwd=tmp_path,
+            env=venv_env(),
+            capture_output=True,
+            text=True,
+        )
         left = os.listdir(tmp_path / "data" / "raw")
     finally:
         subprocess.run(["umount", str(tmp_path / "data" / "raw")], check=True)
@@ -253,7 +289,11 @@ def test_params_edited_while_a_stage_runs_exit_2(tmp_path, monkeypatch, capsys):
     _download_in_a_checkout(tmp_path)
     _edit_params_during_write(monkeypatch, tmp_path, "download", "val_seed", 7)
     code, err = stage_exit("download", tmp_path, monkeypatch, capsys)
-    assert code == 2 and "params.yaml changed while the download stage ran (download)" in err and "dvc repro download" in err
+    assert (
+        code == 2
+        and "params.yaml changed while the download stage ran (download)" in err
+        and "dvc repro download" in err
+    )
 
 
 def test_params_of_other_stages_may_change_while_a_stage_runs(tmp_path, monkeypatch, capsys):

@@ -11,7 +11,6 @@ import subprocess
 
 import h5py
 import yaml
-
 from conftest import copy_run, requires_inception, requires_real_weights, run
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
@@ -47,7 +46,9 @@ def test_push_pull_and_selective_rerun(tiny_pipeline, tmp_path, torch_home):
     assert ran(run(["dvc", "repro"], cwd=fresh).stdout) == set()
     for artifact in ["data/samples/grid.png", "data/samples/samples.h5", "data/models/gpt/model.safetensors"]:
         assert (fresh / artifact).read_bytes() == (repo / artifact).read_bytes(), artifact
-    assert yaml.safe_load((fresh / "metrics/eval.json").read_text()) == yaml.safe_load((repo / "metrics/eval.json").read_text())
+    assert yaml.safe_load((fresh / "metrics/eval.json").read_text()) == yaml.safe_load(
+        (repo / "metrics/eval.json").read_text()
+    )
 
     # Changing a train param re-runs train and what depends on it, nothing upstream.
     exp = run(["dvc", "exp", "run", "-S", "train.lr=0.001"], cwd=fresh).stdout
@@ -70,7 +71,9 @@ def test_two_codes_per_cell_run_end_to_end(tiny_pipeline, tmp_path, torch_home):
     params["codebook"]["codes_per_cell"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran(run(["dvc", "repro"], cwd=repo).stdout) == set(STAGES[3:])
-    metrics = {name: yaml.safe_load((repo / f"metrics/{name}.json").read_text()) for name in ("codebook", "decoder", "eval")}
+    metrics = {
+        name: yaml.safe_load((repo / f"metrics/{name}.json").read_text()) for name in ("codebook", "decoder", "eval")
+    }
     assert metrics["codebook"]["rel_quant_error_test"] < metrics["codebook"]["rel_quant_error_test_first_code"]
     assert metrics["codebook"]["tokens_per_image"] == metrics["decoder"]["tokens_per_image"] == 128
     with h5py.File(repo / "data/samples/samples.h5") as f:

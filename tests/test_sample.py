@@ -10,19 +10,19 @@ import json
 
 import h5py
 import numpy as np
-import torch
 import pytest
+import torch
+from conftest import REPO
+from sample_world import CLASSES, DIM, GRID, K, tiny_gpt, write_world
 
-from pipeline.gpt import sampling
 from pipeline.core.errors import PipelineError
+from pipeline.gpt import sampling
 from pipeline.gpt.training import model_config
 from pipeline.params import load_params
+from pipeline.paths import DECODER_DIR, PLOTS, SAMPLE_GRID, SAMPLES
 from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
 from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder
 from pipeline.tokenizer.files import TokenMeta
-from sample_world import CLASSES, DIM, GRID, K, tiny_gpt, write_world
-from conftest import REPO
-from pipeline.paths import DECODER_DIR, PLOTS, SAMPLE_GRID, SAMPLES
 from stages.sample import sample
 
 
@@ -83,10 +83,14 @@ def test_sample_params_reach_the_model(tmp_path):
     labels = sampling.sample_labels(model.cfg, 2)
     got = sampling.sample_tokens(model, labels, p, progress=False)
     g = torch.Generator().manual_seed(p.seed)
-    want = torch.cat([
-        model.generate(len(b), torch.as_tensor(b.astype(np.int64)), temperature=0.8, top_k=5, cfg_scale=3.0, generator=g)
-        for b in np.split(labels, range(4, len(labels), 4))
-    ])  # fmt: skip
+    want = torch.cat(
+        [
+            model.generate(
+                len(b), torch.as_tensor(b.astype(np.int64)), temperature=0.8, top_k=5, cfg_scale=3.0, generator=g
+            )
+            for b in np.split(labels, range(4, len(labels), 4))
+        ]
+    )
     assert np.array_equal(got, want.numpy())
     assert not np.array_equal(got, sampling.sample_tokens(model, labels, base, progress=False))
 
@@ -96,7 +100,9 @@ def test_grid_has_one_row_per_class_in_order():
     images = np.zeros((len(labels), 32, 32, 3), np.uint8)
     images[:, 0, 0, 0] = np.arange(len(labels)) % 256  # a per-image mark
     rows = sampling.grid_rows(labels, True, 10)
-    assert len(rows) == 10 and all(len(r) == sampling.GRID_COLUMNS and (labels[r] == c).all() for c, r in enumerate(rows))
+    assert len(rows) == 10 and all(
+        len(r) == sampling.GRID_COLUMNS and (labels[r] == c).all() for c, r in enumerate(rows)
+    )
     grid = sampling.mosaic(images, rows, 10)
     step = 32 + sampling.GAP
     assert grid.shape == (10 * step + sampling.GAP, 10 * step + sampling.GAP, 3)
@@ -125,7 +131,11 @@ def test_decoder_from_other_tokenizer_is_a_clear_error(tmp_path):
 def test_two_codes_per_cell_make_the_gpt_row_twice_as_long_and_the_decoder_must_agree():
     meta = TokenMeta(2 * K, GRID, GRID, 10, CLASSES, "synthetic", DIM, "sha", codes_per_cell=2)
     cfg = model_config(load_params(REPO / "params.yaml").train, meta)
-    assert (cfg.grid_h, cfg.grid_w, cfg.block_size) == (GRID, 2 * GRID, 2 * GRID * GRID) == (GRID, meta.row_len, meta.seq_len)
+    assert (
+        (cfg.grid_h, cfg.grid_w, cfg.block_size)
+        == (GRID, 2 * GRID, 2 * GRID * GRID)
+        == (GRID, meta.row_len, meta.seq_len)
+    )
     two = TokenDecoder("cnn", GRID, 2 * K, model=InverseCNN(DecoderConfig(DIM, GRID, 2 * K, 32, 0, codes_per_cell=2)))
     sampling.check_decoder(cfg, two, "gpt", "decoder")
     one = TokenDecoder("cnn", GRID, 2 * K, model=InverseCNN(DecoderConfig(DIM, GRID, 2 * K, 32, 0)))

@@ -13,18 +13,18 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-
 from conftest import REPO
-from pipeline.tokenizer import files as tok
-from pipeline.tokenizer.files import write_tokens as write_token_file
+
 from pipeline.core import runtime
 from pipeline.core.atomic import write_json
 from pipeline.core.errors import PipelineError
-from pipeline.gpt.model import load_gpt
+from pipeline.core.schedule import lr_at
 from pipeline.gpt import training
+from pipeline.gpt.model import load_gpt
 from pipeline.gpt.training import DistInfo, TrainPaths, distributed
 from pipeline.params import TrainParams
-from pipeline.core.schedule import lr_at
+from pipeline.tokenizer import files as tok
+from pipeline.tokenizer.files import write_tokens as write_token_file
 
 K, GRID = 16, 4
 CODE = "code-v1"  # stands for hashing.code_sha256("train")
@@ -51,16 +51,40 @@ def write_tokens(path: Path, n_train: int = 64, n_test: int = 32, k: int = K, gr
         splits[split] = ((base + noise) % k).astype(np.uint16), labels
     codes, labels = splits["train"]
     splits[tok.FLIP] = codes.reshape(-1, grid, grid)[:, :, ::-1].reshape(len(codes), -1), labels
-    write_token_file(path, splits, dict(k=k, grid_h=grid, grid_w=grid, n_classes=10, feature_dim=8,
-                                        classes=[f"c{i}" for i in range(10)], encoder="synthetic",
-                                        codebook_sha256="synthetic-codebook") | attrs)  # fmt: skip
+    write_token_file(
+        path,
+        splits,
+        dict(
+            k=k,
+            grid_h=grid,
+            grid_w=grid,
+            n_classes=10,
+            feature_dim=8,
+            classes=[f"c{i}" for i in range(10)],
+            encoder="synthetic",
+            codebook_sha256="synthetic-codebook",
+        )
+        | attrs,
+    )
     return path
 
 
 def tiny_params(**overrides) -> TrainParams:
     base = yaml.safe_load((REPO / "params.yaml").read_text())["train"]  # the real keys, tiny sizes
-    base.update(n_layer=2, n_head=2, n_embd=32, epochs=2, batch_size=16, lr=6e-4, min_lr=6e-5, warmup_steps=2,
-                precision="fp32", device="cpu", compile="none", flip=False)
+    base.update(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        epochs=2,
+        batch_size=16,
+        lr=6e-4,
+        min_lr=6e-5,
+        warmup_steps=2,
+        precision="fp32",
+        device="cpu",
+        compile="none",
+        flip=False,
+    )
     base.update(overrides)
     return TrainParams(**base)
 
@@ -145,8 +169,9 @@ def test_changed_params_start_fresh_instead_of_resuming(tmp_path, tokens_h5):
 
 
 def _ddp_worker(rank: int, world: int, port: int, p: TrainParams, paths: TrainPaths) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     with distributed(p.device) as info:
         train(p, paths, info)
@@ -211,8 +236,12 @@ def test_finished_run_rerun_writes_every_declared_output(tmp_path, tokens_h5):
     """Resumed at its last epoch, the stage still writes model, metrics and plots (DVC needs all)."""
     p, paths = tiny_params(epochs=2), paths_in(tmp_path, tokens_h5)
     train(p, paths)
-    outputs = [paths.model_dir / "model.safetensors", metrics_json(paths), paths.plots / "train_loss.csv",
-               paths.plots / "train_loss.png"]  # fmt: skip
+    outputs = [
+        paths.model_dir / "model.safetensors",
+        metrics_json(paths),
+        paths.plots / "train_loss.csv",
+        paths.plots / "train_loss.png",
+    ]
     first = {o: o.read_bytes() for o in outputs if o != metrics_json(paths)}
     for o in outputs:
         o.unlink()

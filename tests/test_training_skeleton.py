@@ -31,8 +31,16 @@ def _fit(run: Run, checkpoint, values: list[float], selection: Selection, **kwar
         run.step += 1
         return {"train_loss": float(epoch)}
 
-    return fit(run, checkpoint, len(values), train_epoch, lambda: {"val": values[run.epoch]}, selection,
-               describe=lambda r, s: f"val {r['val']}", **kwargs)  # fmt: skip
+    return fit(
+        run,
+        checkpoint,
+        len(values),
+        train_epoch,
+        lambda: {"val": values[run.epoch]},
+        selection,
+        describe=lambda r, s: f"val {r['val']}",
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("higher, best", [(True, 2), (False, 4)])
@@ -78,8 +86,16 @@ def test_train_step_sets_lr_clips_and_returns_the_detached_loss():
     def loss_of(x, y):
         return torch.nn.functional.mse_loss(run.model(x), y) * 1e6  # a huge gradient
 
-    loss = train_step(loss_of, (x, y), run.optimizer, run.scaler, torch.device("cpu"), "fp32", grad_clip=1.0,
-                      params=run.model.parameters())  # fmt: skip
+    loss = train_step(
+        loss_of,
+        (x, y),
+        run.optimizer,
+        run.scaler,
+        torch.device("cpu"),
+        "fp32",
+        grad_clip=1.0,
+        params=run.model.parameters(),
+    )
     assert not loss.requires_grad and loss.item() > 0
     # clipped to norm 1 over weight and bias, times lr 0.5: the weight moves by at most 0.5
     assert 0 < (before - run.model.weight).norm() <= 0.5 + 1e-6

@@ -10,9 +10,9 @@ how they were made) and `model.safetensors` (the tensors), written together atom
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import torch

@@ -22,9 +22,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from pipeline.core.errors import PipelineError
 
@@ -59,8 +59,11 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
         return removed
     for entry in folder.iterdir():
         match = TEMP_NAME.match(entry.name)
-        if match and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])) or (
-            not match and DVC_TEMP_NAME.match(entry.name)
+        if (
+            match
+            and int(match["pid"]) != os.getpid()
+            and not _alive(int(match["pid"]))
+            or (not match and DVC_TEMP_NAME.match(entry.name))
         ):
             _remove(entry)
             removed.append(entry)
@@ -84,11 +87,14 @@ def writable_folder(folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except PermissionError as e:
         parent = Path(e.filename or folder).parent
-        raise PipelineError(f"{folder}: cannot create this folder, {parent} is not writable; make it writable "
-                            f"(chmod u+w {parent}) or run from a checkout you own") from None
+        raise PipelineError(
+            f"{folder}: cannot create this folder, {parent} is not writable; make it writable "
+            f"(chmod u+w {parent}) or run from a checkout you own"
+        ) from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise PipelineError(f"{folder}: folder is not writable; make it writable (chmod u+w {folder}) "
-                            "or run from a checkout you own")
+        raise PipelineError(
+            f"{folder}: folder is not writable; make it writable (chmod u+w {folder}) or run from a checkout you own"
+        )
     return folder
 
 

@@ -50,9 +50,7 @@ class Checkpoint:
             log.warning("%s: ignoring unreadable checkpoint %s (%s); starting fresh", self.what, self.path, e)
             return None
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            log.warning(
-                "%s: checkpoint %s is from other params, inputs or code; starting fresh", self.what, self.path
-            )
+            log.warning("%s: checkpoint %s is from other params, inputs or code; starting fresh", self.what, self.path)
             return None
         log.info("%s: resuming from %s after epoch %d", self.what, self.path, state["epoch"])
         return state

@@ -37,5 +37,7 @@ def set_aside_damaged_lock(path: Path) -> str | None:
         return None
     aside = path.with_name(path.name + ".broken")
     os.replace(path, aside)
-    return (f"{path}: {problem}, as a DVC killed while rewriting it leaves it; moved it to {aside}. "
-            "DVC restores the outputs of stages it already ran from its run cache.")
+    return (
+        f"{path}: {problem}, as a DVC killed while rewriting it leaves it; moved it to {aside}. "
+        "DVC restores the outputs of stages it already ran from its run cache."
+    )

@@ -14,9 +14,19 @@ class PipelineError(Exception):
 # A full disk or a file-size limit surfaces in many forms: OSError (ENOSPC, EDQUOT, EFBIG), h5py's RuntimeError
 # quoting the C library's errno, safetensors' "No space left", torch.save's "unexpected pos" (its writer saw a
 # short write and names no errno).
-_FULL_ERRNOS = {28: "no space left on the device", 122: "the disk quota is exceeded", 27: "a file-size limit (ulimit -f)"}
-_FULL_TEXTS = {"No space left on device": 28, "Disk quota exceeded": 122, "File too large": 27,
-               "errno = 28": 28, "errno = 122": 122, "errno = 27": 27}  # fmt: skip
+_FULL_ERRNOS = {
+    28: "no space left on the device",
+    122: "the disk quota is exceeded",
+    27: "a file-size limit (ulimit -f)",
+}
+_FULL_TEXTS = {
+    "No space left on device": 28,
+    "Disk quota exceeded": 122,
+    "File too large": 27,
+    "errno = 28": 28,
+    "errno = 122": 122,
+    "errno = 27": 27,
+}
 _SHORT_WRITE = "unexpected pos"
 
 

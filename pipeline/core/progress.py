@@ -13,8 +13,17 @@ class Eta:
     kernel selection, compilation are not representative) the rate over the next `measure` batches
     gives the estimate for the rest; past `slow_minutes` the `slow_hint` is logged as a warning."""
 
-    def __init__(self, what: str, total: int, unit: str, *, warmup: int = 2, measure: int = 4,
-                 slow_minutes: float = float("inf"), slow_hint: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        unit: str,
+        *,
+        warmup: int = 2,
+        measure: int = 4,
+        slow_minutes: float = float("inf"),
+        slow_hint: str = "",
+    ) -> None:
         self.what, self.total, self.unit = what, total, unit
         self.warmup, self.measure, self.slow_minutes, self.slow_hint = warmup, measure, slow_minutes, slow_hint
         self.batches = self.done = 0
@@ -29,7 +38,14 @@ class Eta:
         elif self.batches == self.warmup + self.measure and self.done < self.total:
             seconds, done = time.perf_counter() - self._start[0], self.done - self._start[1]
             self.minutes = (self.total - self.done) * seconds / done / 60
-            log.info("%s: %.3g %s/s -> about %.1f min for the remaining %d %s",
-                     self.what, done / seconds, self.unit, self.minutes, self.total - self.done, self.unit)  # fmt: skip
+            log.info(
+                "%s: %.3g %s/s -> about %.1f min for the remaining %d %s",
+                self.what,
+                done / seconds,
+                self.unit,
+                self.minutes,
+                self.total - self.done,
+                self.unit,
+            )
             if self.minutes > self.slow_minutes and self.slow_hint:
                 log.warning("%s: ~%.0f min on this machine. %s", self.what, self.minutes, self.slow_hint)

@@ -32,8 +32,10 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"device: {device!r} was asked for but CUDA is not available here; set the stage's "
-                            "device param to 'auto' or 'cpu'")
+        raise PipelineError(
+            f"device: {device!r} was asked for but CUDA is not available here; set the stage's "
+            "device param to 'auto' or 'cpu'"
+        )
     return torch.device(device)
 
 
@@ -91,8 +93,13 @@ def resolve_precision(requested: str, device: torch.device, param: str) -> str:
         log.warning(
             "%s = %s: this %s has no native %s and emulates it: a matrix product runs %.0fx slower than in fp32 "
             "here (measured), so expect this stage to run several times slower. Set %s to auto (or fp32).",
-            param, requested, device.type.upper(), requested, emulation_slowdown(device, requested), param,
-        )  # fmt: skip
+            param,
+            requested,
+            device.type.upper(),
+            requested,
+            emulation_slowdown(device, requested),
+            param,
+        )
     else:
         log.info("%s: %s on %s", param, requested, device)
     return requested

@@ -56,9 +56,16 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def train_step(loss_of: Callable[..., torch.Tensor], batch: tuple, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, device: torch.device, precision: str, grad_clip: float = 0.0,
-               params: Iterable[torch.Tensor] = ()) -> torch.Tensor:  # fmt: skip
+def train_step(
+    loss_of: Callable[..., torch.Tensor],
+    batch: tuple,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    precision: str,
+    grad_clip: float = 0.0,
+    params: Iterable[torch.Tensor] = (),
+) -> torch.Tensor:
     """One update: `loss_of(*batch)` (the forward pass and loss) under autocast to `precision`, backward, the
     gradient norm of `params` clipped at `grad_clip` (0: no clipping), the scaled optimizer step.
     Returns the detached loss. Nothing here reads a value back to the host, so on a GPU consecutive steps
@@ -105,9 +112,16 @@ class Run:
     train_seconds_here: float = 0.0  # train_epoch only, no validation
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "history": self.history, "best": self.best,
-                "seconds": self.seconds, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict()}  # fmt: skip
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+            "best": self.best,
+            "seconds": self.seconds,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -118,8 +132,9 @@ class Run:
         self.history, self.seconds = list(state["history"]), float(state["seconds"])
 
 
-def resume(run: Run, checkpoint: Checkpoint, *, main: bool = True, world: int = 1,
-           device: torch.device | None = None) -> Run:  # fmt: skip
+def resume(
+    run: Run, checkpoint: Checkpoint, *, main: bool = True, world: int = 1, device: torch.device | None = None
+) -> Run:
     """Load `checkpoint` into `run` when this exact run (params, inputs, code) wrote it. With `world` > 1
     processes rank 0 (`main`) alone reads it, as the folder may be local to its node, and broadcasts it."""
     state = checkpoint.load() if main else None
@@ -163,8 +178,14 @@ def fit(
             run.best = {"epoch": epoch + 1, "value": record[selection.key], "model": weights}
         if main:
             what = checkpoint.what if checkpoint is not None else "training"
-            log.info("%s epoch %d/%d: %s; best: epoch %d", what, epoch + 1, epochs, describe(record, seconds),
-                     run.best["epoch"])  # fmt: skip
+            log.info(
+                "%s epoch %d/%d: %s; best: epoch %d",
+                what,
+                epoch + 1,
+                epochs,
+                describe(record, seconds),
+                run.best["epoch"],
+            )
             if checkpoint is not None:
                 checkpoint.save(run.state())
         if on_epoch_end is not None:

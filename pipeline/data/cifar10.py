@@ -72,8 +72,10 @@ def load_source(source: str, cache_dir: str | Path) -> Cifar10:
     try:
         exists = path.exists()
     except OSError as e:  # e.g. a name longer than the filesystem allows (ENAMETOOLONG)
-        raise DataError(f"download.source = {source[:80]!r}... ({len(source)} characters): not a usable path "
-                        f"({e.strerror}); set download.source to 'torchvision' or an existing file or folder") from None
+        raise DataError(
+            f"download.source = {source[:80]!r}... ({len(source)} characters): not a usable path "
+            f"({e.strerror}); set download.source to 'torchvision' or an existing file or folder"
+        ) from None
     if not exists:
         raise DataError(
             f"download.source = {source!r}: no such file or folder. Use 'torchvision' to download, "
@@ -88,11 +90,15 @@ def _from_npz(path: Path) -> Cifar10:
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic == np.lib.format.MAGIC_PREFIX:
-        raise DataError(f"{path}: a .npy file holds one array; download.source must be a .npz with x_train, "
-                        "y_train, x_test, y_test (np.savez), or a cifar-10-batches-py folder")
+        raise DataError(
+            f"{path}: a .npy file holds one array; download.source must be a .npz with x_train, "
+            "y_train, x_test, y_test (np.savez), or a cifar-10-batches-py folder"
+        )
     if magic[:2] == b"\x1f\x8b":
-        raise DataError(f"{path}: a gzip archive; extract it (tar xzf) and set download.source to the "
-                        "cifar-10-batches-py folder inside, or to a .npz")
+        raise DataError(
+            f"{path}: a gzip archive; extract it (tar xzf) and set download.source to the "
+            "cifar-10-batches-py folder inside, or to a .npz"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = set(NPZ_ARRAYS) - set(z.files)
@@ -105,7 +111,9 @@ def _from_npz(path: Path) -> Cifar10:
     except DataError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
-        raise DataError(f"{path}: corrupt or truncated .npz ({type(e).__name__}: {e}); re-download or re-create it") from None
+        raise DataError(
+            f"{path}: corrupt or truncated .npz ({type(e).__name__}: {e}); re-download or re-create it"
+        ) from None
     classes = tuple(str(c) for c in arrays["classes"]) if "classes" in arrays else CLASSES
     return Cifar10(
         train=Split(arrays["x_train"], arrays["y_train"]),
@@ -127,8 +135,10 @@ def _refuse_object_array(z, key: str, path: Path) -> None:
         fix = "a plain numeric array"
         if key == "classes":
             fix = "a string array (np.array(names, dtype=str)), or leave it out for the standard names"
-        raise DataError(f"{path}: '{key}' is an object array, stored as a pickle, which is never loaded from a "
-                        f"data file; save it as {fix}")
+        raise DataError(
+            f"{path}: '{key}' is an object array, stored as a pickle, which is never loaded from a "
+            f"data file; save it as {fix}"
+        )
 
 
 def _from_batches_folder(path: Path) -> Cifar10:
@@ -140,8 +150,11 @@ def _from_batches_folder(path: Path) -> Cifar10:
     if path.name != "cifar-10-batches-py":
         raise DataError(f"{path}: a local CIFAR-10 folder must be the extracted 'cifar-10-batches-py' folder")
     official = [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
-    bad = [f"{name} ({'missing' if not (path / name).is_file() else 'md5 differs: truncated, corrupted or modified'})"
-           for name, md5 in official if not check_integrity(str(path / name), md5)]
+    bad = [
+        f"{name} ({'missing' if not (path / name).is_file() else 'md5 differs: truncated, corrupted or modified'})"
+        for name, md5 in official
+        if not check_integrity(str(path / name), md5)
+    ]
     if bad:
         raise DataError(
             f"{path}: {', '.join(bad)}; the folder must hold the official files unchanged. Extract "
@@ -161,11 +174,15 @@ def _from_torchvision(root: Path, download: bool) -> Cifar10:
         except RuntimeError as e:  # torchvision: "Dataset not found or corrupted."
             raise DataError(f"{root / 'cifar-10-batches-py'}: {e} Delete the folder and download again.") from None
         except PermissionError as e:
-            raise DataError(f"{e.filename or root}: permission denied; make download.cache_dir ({root}) "
-                            "writable or point it elsewhere") from None
+            raise DataError(
+                f"{e.filename or root}: permission denied; make download.cache_dir ({root}) "
+                "writable or point it elsewhere"
+            ) from None
         except OSError as e:  # URLError, timeouts, refused connections: no network
-            raise DataError(f"CIFAR-10 could not be downloaded from {CIFAR10.url} ({type(e).__name__}: {e}). "
-                            f"Offline, {LOCAL_SOURCE_HINT}") from None
+            raise DataError(
+                f"CIFAR-10 could not be downloaded from {CIFAR10.url} ({type(e).__name__}: {e}). "
+                f"Offline, {LOCAL_SOURCE_HINT}"
+            ) from None
         splits[split] = Split(np.asarray(ds.data), np.asarray(ds.targets))
     origin = "torchvision.datasets.CIFAR10" if download else str(root / "cifar-10-batches-py")
     return Cifar10(splits["train"], splits["test"], tuple(ds.classes), origin)
@@ -242,8 +259,13 @@ def write_h5(data: Cifar10, target: str | Path, val_size: int, val_seed: int) ->
                 g.create_dataset("labels", data=labels)
                 if index is not None:
                     g.create_dataset("source_index", data=index.astype(np.int64))
-            f.attrs.update(classes=list(data.classes), source=data.source, source_sha256=data.source_sha256,
-                           val_size=val_size, val_seed=val_seed)  # fmt: skip
+            f.attrs.update(
+                classes=list(data.classes),
+                source=data.source,
+                source_sha256=data.source_sha256,
+                val_size=val_size,
+                val_seed=val_seed,
+            )
     return {split: len(images) for split, (images, _, _) in splits.items()}
 
 

@@ -41,8 +41,14 @@ def classify(
     return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
 
 
-def classifier_accuracy(model: torch.nn.Module, originals: np.ndarray, reconstructions: np.ndarray,
-                        labels: np.ndarray, batch_size: int, device: torch.device) -> dict[str, float]:  # fmt: skip
+def classifier_accuracy(
+    model: torch.nn.Module,
+    originals: np.ndarray,
+    reconstructions: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, float]:
     """`model`'s top-1 accuracy on originals and on their reconstructions, and how often its prediction
     on a reconstruction equals its prediction on the original."""
     pred_orig = classify(model, originals, batch_size, device)

@@ -105,13 +105,14 @@ def sample_quality(
     predicted = classify(evaluator, images, batch_size, device)
     result = {
         "samples": {
-            "n": n, **scores_vs_train(sample_f, ref, **kid_args),
+            "n": n,
+            **scores_vs_train(sample_f, ref, **kid_args),
             **proxy_distances(test_p, pooled_features(images, evaluator, batch_size, device), label, **kid_args),
             "class_agreement": None if labels is None else float(np.mean(predicted == labels)),
         },
         "floor_test_images": {"n": len(floor_f), **scores_vs_train(floor_f, ref, **kid_args)},
         "reference_train_images": {"n": len(train_p), **proxy_distances(test_p, train_p, label, **kid_args)},
-    }  # fmt: skip
+    }
     return result, class_table(predicted, labels, evaluator.linear.out_features)
 
 
@@ -131,8 +132,14 @@ class SampleScorer:
     def load(cls, p: EvaluateParams, raw: str | Path, reference: str | Path) -> SampleScorer:
         """The raw CIFAR-10 file (download stage), the reference file (reference stage), p.evaluator."""
         raw_train, raw_test = cifar10.read_split(raw, "train"), cifar10.read_split(raw, "test")
-        return cls(p, resolve_device(p.device), read_reference(reference), load_evaluator(p.evaluator),
-                   raw_train.images, raw_test.images)  # fmt: skip
+        return cls(
+            p,
+            resolve_device(p.device),
+            read_reference(reference),
+            load_evaluator(p.evaluator),
+            raw_train.images,
+            raw_test.images,
+        )
 
     def score(self, images: np.ndarray, labels: np.ndarray | None, n: int | None = None) -> tuple[dict, list[dict]]:
         """`sample_quality` of n of the uint8 NHWC `images` (default evaluate.n_samples), generated for `labels`
@@ -142,10 +149,19 @@ class SampleScorer:
         p = self.p
         n = p.n_samples if n is None else n
         quality, per_class = sample_quality(
-            images, labels, self.raw_test, self.raw_train, self.ref, evaluator=self.evaluator,
-            evaluator_name=p.evaluator, n=n, batch_size=p.batch_size, kid_subset_size=p.kid_subset_size,
-            device=self.device, seed=p.seed,
-        )  # fmt: skip
+            images,
+            labels,
+            self.raw_test,
+            self.raw_train,
+            self.ref,
+            evaluator=self.evaluator,
+            evaluator_name=p.evaluator,
+            n=n,
+            batch_size=p.batch_size,
+            kid_subset_size=p.kid_subset_size,
+            device=self.device,
+            seed=p.seed,
+        )
         return {**quality, "inception": description(self.ref, n, "train"), "evaluator": p.evaluator}, per_class
 
 
@@ -153,5 +169,7 @@ def score_summary(scores: dict) -> str:
     """One line of `SampleScorer.score`'s scores: FID next to its floor, KID, class agreement."""
     s, floor = scores["samples"], scores["floor_test_images"]
     agreement = "n/a" if s["class_agreement"] is None else f"{100 * s['class_agreement']:.1f} %"
-    return (f"{s['n']} samples, Inception FID {s['fid_inception']:.2f} (floor {floor['fid_inception']:.2f} "
-            f"at {floor['n']}), KID {s['kid_inception_mean']:.4f}, class agreement {agreement}")  # fmt: skip
+    return (
+        f"{s['n']} samples, Inception FID {s['fid_inception']:.2f} (floor {floor['fid_inception']:.2f} "
+        f"at {floor['n']}), KID {s['kid_inception_mean']:.4f}, class agreement {agreement}"
+    )

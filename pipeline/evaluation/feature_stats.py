@@ -88,8 +88,10 @@ def kid(a: np.ndarray, b: np.ndarray, *, subsets: int, subset_size: int, seed: i
     rng, d = np.random.default_rng(seed), a.shape[1]
     values = np.empty(subsets)
     for i in range(subsets):
-        x, y = (torch.as_tensor(np.asarray(f[np.sort(rng.choice(len(f), m, replace=False))]), dtype=torch.float64)
-                for f in (a, b))  # fmt: skip
+        x, y = (
+            torch.as_tensor(np.asarray(f[np.sort(rng.choice(len(f), m, replace=False))]), dtype=torch.float64)
+            for f in (a, b)
+        )
         kxx, kyy, kxy = ((p @ q.T / d + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))
         within = (kxx.sum() - kxx.trace() + kyy.sum() - kyy.trace()) / (m * (m - 1))
         values[i] = float(within - 2 * kxy.mean())
@@ -106,14 +108,20 @@ def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
     """Squared distance of each row of x to its k-th nearest other row."""
-    return torch.cat([_squared_distances(x[i : i + PR_BLOCK], x).kthvalue(k + 1, dim=1).values  # +1: itself
-                      for i in range(0, len(x), PR_BLOCK)])  # fmt: skip
+    return torch.cat(
+        [
+            _squared_distances(x[i : i + PR_BLOCK], x).kthvalue(k + 1, dim=1).values  # +1: itself
+            for i in range(0, len(x), PR_BLOCK)
+        ]
+    )
 
 
 def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> float:
     """Fraction of `points` inside at least one ball (centre, radius) of the other set."""
-    inside = [(_squared_distances(points[i : i + PR_BLOCK], centres) <= radii[None]).any(1)
-              for i in range(0, len(points), PR_BLOCK)]  # fmt: skip
+    inside = [
+        (_squared_distances(points[i : i + PR_BLOCK], centres) <= radii[None]).any(1)
+        for i in range(0, len(points), PR_BLOCK)
+    ]
     return float(torch.cat(inside).double().mean())
 
 

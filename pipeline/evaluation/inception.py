@@ -60,8 +60,9 @@ PROTOCOL = (
 class ConvBN(nn.Module):
     """conv (no bias) -> batch norm (eval, no scale, BN_EPS) -> ReLU: the TorchScript network's layer."""
 
-    def __init__(self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1,
-                 padding: int | tuple[int, int] = 0) -> None:  # fmt: skip
+    def __init__(
+        self, cin: int, cout: int, kernel: int | tuple[int, int], stride: int = 1, padding: int | tuple[int, int] = 0
+    ) -> None:
         super().__init__()
         kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
         self.weight = nn.Parameter(torch.empty(cout, cin, kh, kw))
@@ -130,8 +131,12 @@ class InceptionD(_Branches):
     def __init__(self, cin: int) -> None:
         super().__init__()
         self.tower = _chain(ConvBN(cin, 192, 1), ConvBN(192, 320, 3, stride=2))
-        self.tower_1 = _chain(ConvBN(cin, 192, 1), ConvBN(192, 192, (1, 7), padding=(0, 3)),
-                              ConvBN(192, 192, (7, 1), padding=(3, 0)), ConvBN(192, 192, 3, stride=2))  # fmt: skip
+        self.tower_1 = _chain(
+            ConvBN(cin, 192, 1),
+            ConvBN(192, 192, (1, 7), padding=(0, 3)),
+            ConvBN(192, 192, (7, 1), padding=(3, 0)),
+            ConvBN(192, 192, 3, stride=2),
+        )
         self.pool = nn.MaxPool2d(3, 2)
 
 
@@ -154,10 +159,17 @@ class InceptionE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.tower_conv(x)
         b = self.tower_1_conv_1(self.tower_1_conv(x))
-        return torch.cat([
-            self.conv(x), self.tower_mixed_conv(a), self.tower_mixed_conv_1(a),
-            self.tower_1_mixed_conv(b), self.tower_1_mixed_conv_1(b), self.tower_2_conv(self.tower_2_pool(x)),
-        ], 1)  # fmt: skip
+        return torch.cat(
+            [
+                self.conv(x),
+                self.tower_mixed_conv(a),
+                self.tower_mixed_conv_1(a),
+                self.tower_1_mixed_conv(b),
+                self.tower_1_mixed_conv_1(b),
+                self.tower_2_conv(self.tower_2_pool(x)),
+            ],
+            1,
+        )
 
 
 class InceptionV3(nn.Module):
@@ -165,15 +177,29 @@ class InceptionV3(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.layers = nn.Sequential(OrderedDict(
-            conv=ConvBN(3, 32, 3, stride=2), conv_1=ConvBN(32, 32, 3), conv_2=ConvBN(32, 64, 3, padding=1),
-            pool0=nn.MaxPool2d(3, 2), conv_3=ConvBN(64, 80, 1), conv_4=ConvBN(80, 192, 3), pool1=nn.MaxPool2d(3, 2),
-            mixed=InceptionA(192, 32), mixed_1=InceptionA(256, 64), mixed_2=InceptionA(288, 64),
-            mixed_3=InceptionB(288), mixed_4=InceptionC(768, 128), mixed_5=InceptionC(768, 160),
-            mixed_6=InceptionC(768, 160), mixed_7=InceptionC(768, 192), mixed_8=InceptionD(768),
-            mixed_9=InceptionE(1280, max_pool=False), mixed_10=InceptionE(2048, max_pool=True),
-            pool2=nn.AvgPool2d(8),
-        ))  # fmt: skip
+        self.layers = nn.Sequential(
+            OrderedDict(
+                conv=ConvBN(3, 32, 3, stride=2),
+                conv_1=ConvBN(32, 32, 3),
+                conv_2=ConvBN(32, 64, 3, padding=1),
+                pool0=nn.MaxPool2d(3, 2),
+                conv_3=ConvBN(64, 80, 1),
+                conv_4=ConvBN(80, 192, 3),
+                pool1=nn.MaxPool2d(3, 2),
+                mixed=InceptionA(192, 32),
+                mixed_1=InceptionA(256, 64),
+                mixed_2=InceptionA(288, 64),
+                mixed_3=InceptionB(288),
+                mixed_4=InceptionC(768, 128),
+                mixed_5=InceptionC(768, 160),
+                mixed_6=InceptionC(768, 160),
+                mixed_7=InceptionC(768, 192),
+                mixed_8=InceptionD(768),
+                mixed_9=InceptionE(1280, max_pool=False),
+                mixed_10=InceptionE(2048, max_pool=True),
+                pool2=nn.AvgPool2d(8),
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x).reshape(-1, FEATURES)
@@ -296,8 +322,14 @@ def inference_form(model: InceptionV3, device: torch.device, precision: str) -> 
 
 
 @torch.inference_mode()
-def inception_features(model: InceptionV3, images_uint8_nhwc: np.ndarray, batch_size: int, device: torch.device,
-                       precision: str = "fp32", progress: Callable[[int], None] | None = None) -> np.ndarray:  # fmt: skip
+def inception_features(
+    model: InceptionV3,
+    images_uint8_nhwc: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """float32 (N, 2048) features of uint8 (N, H, W, 3) images under PROTOCOL, in batches; `progress(n)`
     is called after each batch of n images."""
     fast = inference_form(model, device, precision)

@@ -54,9 +54,20 @@ def pick(n_total: int, n: int | None, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n_total, n, replace=False))
 
 
-def build_reference(model: inception.InceptionV3, train_images: np.ndarray, test_images: np.ndarray, *,
-                    n_train: int | None, n_test: int | None, kid_images: int, batch_size: int, precision: str,
-                    device: torch.device, seed: int, progress: Callable[[int], None] | None = None) -> Reference:  # fmt: skip
+def build_reference(
+    model: inception.InceptionV3,
+    train_images: np.ndarray,
+    test_images: np.ndarray,
+    *,
+    n_train: int | None,
+    n_test: int | None,
+    kid_images: int,
+    batch_size: int,
+    precision: str,
+    device: torch.device,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+) -> Reference:
     """Inception features of seeded subsets of both splits, reduced to what the file keeps."""
     rng = np.random.default_rng(seed)
     train_idx, test_idx = pick(len(train_images), n_train, rng), pick(len(test_images), n_test, rng)
@@ -65,9 +76,13 @@ def build_reference(model: inception.InceptionV3, train_images: np.ndarray, test
     test_f = inception.inception_features(model, test_images[test_idx], batch_size, device, precision, progress)
     train_f = inception.inception_features(model, train_images[train_idx], batch_size, device, precision, progress)
     return Reference(
-        train=gaussian(train_f), train_kid=train_f[pick(len(train_f), kid_images, rng)],
-        test=gaussian(test_f), test_features=test_f, test_indices=test_idx, precision=precision,
-    )  # fmt: skip
+        train=gaussian(train_f),
+        train_kid=train_f[pick(len(train_f), kid_images, rng)],
+        test=gaussian(test_f),
+        test_features=test_f,
+        test_indices=test_idx,
+        precision=precision,
+    )
 
 
 def compute_reference(p: ReferenceParams, raw: str | Path, target: str | Path) -> dict:
@@ -82,19 +97,35 @@ def compute_reference(p: ReferenceParams, raw: str | Path, target: str | Path) -
     hint = ""
     if device.type == "cpu":
         emulated = precision == "bf16" and not native(device, "bf16")
-        hint = (f"reference.precision = bf16 is emulated on this CPU ({describe_cpu()}): set it to auto or fp32"
-                if emulated else slow_cpu_hint("reference", p, precision))  # fmt: skip
+        hint = (
+            f"reference.precision = bf16 is emulated on this CPU ({describe_cpu()}): set it to auto or fp32"
+            if emulated
+            else slow_cpu_hint("reference", p, precision)
+        )
     eta = Eta("reference (Inception features)", total, "images", slow_minutes=SLOW_MINUTES, slow_hint=hint)
     t0 = time.perf_counter()
-    ref = build_reference(model, train.images, test.images, n_train=p.n_train, n_test=p.n_test,
-                          kid_images=p.kid_images, batch_size=p.batch_size, precision=precision, device=device,
-                          seed=p.seed, progress=eta.update)  # fmt: skip
+    ref = build_reference(
+        model,
+        train.images,
+        test.images,
+        n_train=p.n_train,
+        n_test=p.n_test,
+        kid_images=p.kid_images,
+        batch_size=p.batch_size,
+        precision=precision,
+        device=device,
+        seed=p.seed,
+        progress=eta.update,
+    )
     seconds = time.perf_counter() - t0
     write_reference(ref, target)
     return {
-        **description(ref), "fid_inception_test_vs_train": fid_to(ref.test_features, ref.train), "device": str(device),
-        "seconds": round(seconds, 1), "images_per_second": round(total / seconds, 2),
-    }  # fmt: skip
+        **description(ref),
+        "fid_inception_test_vs_train": fid_to(ref.test_features, ref.train),
+        "device": str(device),
+        "seconds": round(seconds, 1),
+        "images_per_second": round(total / seconds, 2),
+    }
 
 
 def write_reference(ref: Reference, target: str | Path) -> None:
@@ -112,15 +143,21 @@ def read_reference(path: str | Path) -> Reference:
     with open_h5(path, STAGE, "Inception reference") as f:
         protocol = str(f.attrs.get("protocol", ""))
         if protocol != inception.PROTOCOL:
-            raise PipelineError(f"{path}: made under another Inception protocol ({protocol or 'none recorded'}); "
-                                f"re-run the {STAGE} stage (dvc repro {STAGE})")  # fmt: skip
+            raise PipelineError(
+                f"{path}: made under another Inception protocol ({protocol or 'none recorded'}); "
+                f"re-run the {STAGE} stage (dvc repro {STAGE})"
+            )
         try:
             stats = {s: Gaussian(f[f"{s}/mean"][:], f[f"{s}/cov"][:], int(f[s].attrs["n"])) for s in ("train", "test")}
             return Reference(
-                train=stats["train"], train_kid=f["train/kid_features"][:], test=stats["test"],
-                test_features=f["test/features"][:], test_indices=f["test/indices"][:],
-                precision=str(f.attrs["precision"]), protocol=protocol,
-            )  # fmt: skip
+                train=stats["train"],
+                train_kid=f["train/kid_features"][:],
+                test=stats["test"],
+                test_features=f["test/features"][:],
+                test_indices=f["test/indices"][:],
+                precision=str(f.attrs["precision"]),
+                protocol=protocol,
+            )
         except KeyError as e:
             raise damaged(path, STAGE, e) from None
 
@@ -136,8 +173,13 @@ def scores_vs_train(features: np.ndarray, ref: Reference, *, kid_subset_size: in
     kid_mean, kid_std = kid(features, ref.train_kid, subsets=KID_SUBSETS, subset_size=kid_subset_size, seed=seed)
     real = ref.train_kid[pick(len(ref.train_kid), len(features), np.random.default_rng(seed))]
     precision, recall = precision_recall(real, features)
-    return {"fid_inception": fid_to(features, ref.train), "kid_inception_mean": kid_mean, "kid_inception_std": kid_std,
-            "precision_inception": precision, "recall_inception": recall}  # fmt: skip
+    return {
+        "fid_inception": fid_to(features, ref.train),
+        "kid_inception_mean": kid_mean,
+        "kid_inception_std": kid_std,
+        "precision_inception": precision,
+        "recall_inception": recall,
+    }
 
 
 # The image counts of published CIFAR-10 numbers: generator FIDs score this many samples against the
@@ -150,9 +192,12 @@ def description(ref: Reference, scored: int | None = None, against: str = "train
     `scored` (images whose FID is reported against the `against` split), whether the counts are the
     published ones and, when not, what that means."""
     out = {
-        "protocol": ref.protocol, "precision": ref.precision, "reference_train_images": ref.train.n,
-        "reference_test_images": ref.test.n, "kid_reference_images": len(ref.train_kid),
-    }  # fmt: skip
+        "protocol": ref.protocol,
+        "precision": ref.precision,
+        "reference_train_images": ref.train.n,
+        "reference_test_images": ref.test.n,
+        "kid_reference_images": len(ref.train_kid),
+    }
     if scored is not None:
         wanted = (PUBLISHED["samples"], PUBLISHED["train"]) if against == "train" else (PUBLISHED["test"],) * 2
         got = (scored, ref.train.n if against == "train" else ref.test.n)

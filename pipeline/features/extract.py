@@ -24,15 +24,15 @@ import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse
 from tqdm import tqdm
 
-from pipeline.data import cifar10
 from pipeline.core.atomic import atomic_path
-from pipeline.core.images import to_float_nchw
-from pipeline.features.encoders import Encoder, build_encoder, check_layers, default_layers
-from pipeline.features.files import FLIP
 from pipeline.core.errors import PipelineError
-from pipeline.params import ExtractParams
+from pipeline.core.images import to_float_nchw
 from pipeline.core.progress import Eta
 from pipeline.core.runtime import autocast, resolve_device, resolve_precision
+from pipeline.data import cifar10
+from pipeline.features.encoders import Encoder, build_encoder, check_layers, default_layers
+from pipeline.features.files import FLIP
+from pipeline.params import ExtractParams
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,10 @@ def to_grid(maps: dict[str, torch.Tensor], grid: int, pool: str = "avg") -> torc
                 fmap = F.interpolate(fmap.float(), size=(grid, grid), mode="bilinear", align_corners=False)
             elif pool == "unshuffle":
                 if h != w or h % grid:
-                    raise PipelineError(f"extract.pool = 'unshuffle' needs layer {name!r} ({h}x{w}) to be a multiple "
-                                        f"of extract.grid ({grid}); use pool 'avg' or another grid")
+                    raise PipelineError(
+                        f"extract.pool = 'unshuffle' needs layer {name!r} ({h}x{w}) to be a multiple "
+                        f"of extract.grid ({grid}); use pool 'avg' or another grid"
+                    )
                 fmap = F.pixel_unshuffle(fmap, h // grid)
             else:
                 # Pooling kernels accumulate in float32 even for bf16 input; converting after pooling
@@ -106,13 +108,19 @@ def layer_channels(encoder: Encoder, spec: GridSpec) -> list[int]:
 def grid_features(encoder: Encoder, x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
     """float RGB [0, 1] (B, 3, H, W) -> (B, grid, grid, C): resize to input_size, encoder layers, to_grid."""
     if spec.input_size != x.shape[-1]:
-        x = F.interpolate(x, size=(spec.input_size, spec.input_size), mode="bilinear",
-                          align_corners=False, antialias=spec.input_size < x.shape[-1])
+        x = F.interpolate(
+            x,
+            size=(spec.input_size, spec.input_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=spec.input_size < x.shape[-1],
+        )
     return to_grid(encoder(x, spec.layers), spec.grid, spec.pool)
 
 
-def encode_batch(encoder: Encoder, images_uint8_nhwc, spec: GridSpec, device: torch.device,
-                 precision: str, channels_last: bool) -> torch.Tensor:
+def encode_batch(
+    encoder: Encoder, images_uint8_nhwc, spec: GridSpec, device: torch.device, precision: str, channels_last: bool
+) -> torch.Tensor:
     """float32 (B, grid, grid, C) features of one uint8 NHWC batch, on `device`."""
     x = to_float_nchw(images_uint8_nhwc, device)
     if channels_last:
@@ -122,8 +130,16 @@ def encode_batch(encoder: Encoder, images_uint8_nhwc, spec: GridSpec, device: to
 
 
 @torch.inference_mode()
-def iter_features(encoder: Encoder, images: np.ndarray, spec: GridSpec, batch_size: int, device: torch.device,
-                  precision: str, channels_last: bool, progress: tqdm | None = None) -> Iterator[torch.Tensor]:
+def iter_features(
+    encoder: Encoder,
+    images: np.ndarray,
+    spec: GridSpec,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+    progress: tqdm | None = None,
+) -> Iterator[torch.Tensor]:
     """Feature batches (float32 on `device`) for `images`, in order."""
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
@@ -199,8 +215,18 @@ def _check_finite(feats: torch.Tensor, split: str) -> None:
         raise PipelineError(f"{split}: encoder features are non-finite or exceed the float16 range of features.h5")
 
 
-def write_features(target: str | Path, encoder: Encoder, splits: dict, spec: GridSpec, *, batch_size: int,
-                   device: torch.device, precision: str, standardize: bool, channels_last: bool) -> dict:
+def write_features(
+    target: str | Path,
+    encoder: Encoder,
+    splits: dict,
+    spec: GridSpec,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    standardize: bool,
+    channels_last: bool,
+) -> dict:
     """Encode every split (dict name -> cifar10.Split) into `target` atomically; return a summary."""
     if standardize and "train" not in splits:
         raise PipelineError("extract.standardize needs a train split to fit the statistics on")
@@ -210,7 +236,11 @@ def write_features(target: str | Path, encoder: Encoder, splits: dict, spec: Gri
     order = sorted(splits, key=lambda s: s != "train")  # train first: its stats standardise the rest
     run = _SplitRun(
         encoder=prepare_encoder(encoder, device, channels_last),
-        spec=spec, batch_size=batch_size, device=device, precision=precision, channels_last=channels_last,
+        spec=spec,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
         total=sum(len(splits[s].images) for s in order),
     )
     run.eta = Eta("extract", run.total, "images", warmup=1, measure=2)
@@ -229,11 +259,18 @@ def write_features(target: str | Path, encoder: Encoder, splits: dict, spec: Gri
         channels = int(f[f"{order[0]}/features"].shape[-1])
         per_layer = layer_channels(encoder, spec)
         if sum(per_layer) != channels:
-            raise PipelineError(f"extract: layers {list(spec.layers)} add up to {per_layer} channels, features have {channels}")
+            raise PipelineError(
+                f"extract: layers {list(spec.layers)} add up to {per_layer} channels, features have {channels}"
+            )
         f.attrs.update(_attrs(encoder, spec, standardize, precision, device, channels_last, channels, per_layer))
     seconds = time.perf_counter() - run.t0
-    return {"channels": channels, "images": run.total, "seconds": seconds, "images_per_s": run.total / seconds,
-            "precision": precision}
+    return {
+        "channels": channels,
+        "images": run.total,
+        "seconds": seconds,
+        "images_per_s": run.total / seconds,
+        "precision": precision,
+    }
 
 
 @dataclass
@@ -258,8 +295,16 @@ class _SplitRun:
         self.stats = RunningStats() if fit_stats else None
         dset, writer = None, _Writer()
         try:
-            batches = iter_features(self.encoder, images, self.spec, self.batch_size, self.device,
-                                    self.precision, self.channels_last, self.bar)
+            batches = iter_features(
+                self.encoder,
+                images,
+                self.spec,
+                self.batch_size,
+                self.device,
+                self.precision,
+                self.channels_last,
+                self.bar,
+            )
             for i, feats in enumerate(batches):
                 _check_finite(feats, split)
                 if dset is None:
@@ -282,8 +327,16 @@ class _SplitRun:
         return mean, std
 
 
-def _attrs(encoder: Encoder, spec: GridSpec, standardize: bool, precision: str, device: torch.device,
-           channels_last: bool, channels: int, per_layer: list[int]) -> dict:
+def _attrs(
+    encoder: Encoder,
+    spec: GridSpec,
+    standardize: bool,
+    precision: str,
+    device: torch.device,
+    channels_last: bool,
+    channels: int,
+    per_layer: list[int],
+) -> dict:
     return {
         "encoder": encoder.name,
         "layers": np.array(spec.layers, dtype=h5py.string_dtype()),
@@ -325,10 +378,26 @@ def run_extract(p: ExtractParams, raw: str | Path, target: str | Path, pretraine
     splits = {split: cifar10.read_split(raw, split) for split in cifar10.SPLITS}
     if p.flip:  # augmentation: the mirrored train images through the same encoder (grids are not flip-equivariant)
         splits[FLIP] = cifar10.Split(np.ascontiguousarray(splits["train"].images[:, :, ::-1]), splits["train"].labels)
-    log.info("extract: %s layers %s -> %dx%d grid at input %d px on %s (%s), %d train + %d test images",
-             encoder.name, list(spec.layers), p.grid, p.grid, p.input_size, device, precision,
-             len(splits["train"].images), len(splits["test"].images))
+    log.info(
+        "extract: %s layers %s -> %dx%d grid at input %d px on %s (%s), %d train + %d test images",
+        encoder.name,
+        list(spec.layers),
+        p.grid,
+        p.grid,
+        p.input_size,
+        device,
+        precision,
+        len(splits["train"].images),
+        len(splits["test"].images),
+    )
     return write_features(
-        target, encoder, splits, spec, batch_size=p.batch_size,
-        device=device, precision=precision, standardize=p.standardize, channels_last=has_convs(encoder),
+        target,
+        encoder,
+        splits,
+        spec,
+        batch_size=p.batch_size,
+        device=device,
+        precision=precision,
+        standardize=p.standardize,
+        channels_last=has_convs(encoder),
     )

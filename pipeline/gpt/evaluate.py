@@ -42,14 +42,29 @@ def _gpt_metrics(p: EvaluateParams, gpt_dir: Path, decoder_dir: Path, tokens: Pa
 def _write_class_table(per_class: list[dict], names: tuple[str, ...], target: Path) -> None:
     """The share of samples the evaluator puts in each class and, conditional samples, its agreement."""
     write_csv(
-        target, ("class", "share_of_samples", "agreement"),
-        [(names[r["class"]], f"{r['share']:.4f}", "" if "agreement" not in r or math.isnan(r["agreement"]) else f"{r['agreement']:.4f}")
-         for r in per_class],
-    )  # fmt: skip
+        target,
+        ("class", "share_of_samples", "agreement"),
+        [
+            (
+                names[r["class"]],
+                f"{r['share']:.4f}",
+                "" if "agreement" not in r or math.isnan(r["agreement"]) else f"{r['agreement']:.4f}",
+            )
+            for r in per_class
+        ],
+    )
 
 
-def evaluate_generator(p: EvaluateParams, gpt_dir: Path, decoder_dir: Path, tokens: Path, raw: Path, reference: Path,
-                       samples: Path, classes_csv: Path) -> dict:  # fmt: skip
+def evaluate_generator(
+    p: EvaluateParams,
+    gpt_dir: Path,
+    decoder_dir: Path,
+    tokens: Path,
+    raw: Path,
+    reference: Path,
+    samples: Path,
+    classes_csv: Path,
+) -> dict:
     """The evaluate stage: the test NLL of the GPT in `gpt_dir` on the token file `tokens`, and the sample
     stage's images (`samples`) scored against the raw file and the reference file; writes the per-class
     table to `classes_csv` and returns the stage's metrics (gpt, samples, floor_test_images,
@@ -67,8 +82,9 @@ def evaluate_generator(p: EvaluateParams, gpt_dir: Path, decoder_dir: Path, toke
     return {"gpt": gpt, **scores, "conditional": drawn.conditional, "device": str(scorer.device)}
 
 
-def score_token_grids(scorer: SampleScorer, decoder: TokenDecoder, tokens: np.ndarray,
-                      labels: np.ndarray | None) -> dict:  # fmt: skip
+def score_token_grids(
+    scorer: SampleScorer, decoder: TokenDecoder, tokens: np.ndarray, labels: np.ndarray | None
+) -> dict:
     """Token grids generated elsewhere (uint16 (N, H*W), their labels or None) decoded by `decoder` and scored
     as the evaluate stage scores the sample stage's images, on min(evaluate.n_samples, N) of them."""
     images = decoder.decode(tokens, scorer.p.batch_size, scorer.device)

@@ -33,8 +33,9 @@ def nll_metrics(nll: float, tokens_per_image: int, split: str) -> dict[str, floa
 
 
 @torch.no_grad()
-def mean_nll(model: GPT, split: TokenSplit, batch_size: int, device: torch.device, precision: str,
-             rank: int = 0, world: int = 1) -> float:  # fmt: skip
+def mean_nll(
+    model: GPT, split: TokenSplit, batch_size: int, device: torch.device, precision: str, rank: int = 0, world: int = 1
+) -> float:
     """NLL in nats/token of `split` with the true class token as prefix. Under DDP each of the `world`
     ranks scores every world-th sequence and the sums are combined."""
     model.eval()
@@ -52,8 +53,9 @@ def mean_nll(model: GPT, split: TokenSplit, batch_size: int, device: torch.devic
     return total / count
 
 
-def saved_model_metrics(model: GPT, config: dict, split: TokenSplit, name: str, batch_size: int,
-                        device: torch.device) -> dict[str, float | str]:  # fmt: skip
+def saved_model_metrics(
+    model: GPT, config: dict, split: TokenSplit, name: str, batch_size: int, device: torch.device
+) -> dict[str, float | str]:
     """A saved GPT's NLL on `split` (nll_metrics + "precision"), at the precision its training resolved for its
     per-epoch NLL: the train section recorded in its model folder's `config`, resolved for `device`."""
     precision = resolve_precision(config.get("train", {}).get("precision", "fp32"), device, "train.precision")

@@ -64,10 +64,14 @@ def check_same_codebook(gpt_dir: Path, decoder_dir: Path, tokens: Path, meta: to
     """The GPT (train stage) and the decoder (decoder stage) must both come from the codebook of the token
     file; returns the GPT folder's config."""
     gpt_config = read_model_config(gpt_dir, "train")
-    tok.check_same_codebook({
-        str(gpt_dir): gpt_config.get("codebook_sha256"),
-        str(decoder_dir): read_model_config(decoder_dir, "decoder").get("codebook_sha256"),
-    }, str(tokens), meta)  # fmt: skip
+    tok.check_same_codebook(
+        {
+            str(gpt_dir): gpt_config.get("codebook_sha256"),
+            str(decoder_dir): read_model_config(decoder_dir, "decoder").get("codebook_sha256"),
+        },
+        str(tokens),
+        meta,
+    )
     return gpt_config
 
 
@@ -85,16 +89,23 @@ def sample_tokens(
         batch = labels[start : start + p.batch_size]
         batch_labels = torch.as_tensor(batch.astype(np.int64), device=device) if cond else None
         codes = model.generate(
-            len(batch), batch_labels, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-            cfg_scale=p.cfg_scale, generator=generator, use_cache=use_cache,
-        )  # fmt: skip
+            len(batch),
+            batch_labels,
+            temperature=p.temperature,
+            top_k=p.top_k,
+            top_p=p.top_p,
+            cfg_scale=p.cfg_scale,
+            generator=generator,
+            use_cache=use_cache,
+        )
         out.append(codes.cpu())
     return torch.cat(out).numpy().astype(np.uint16) if out else np.zeros((0, model.cfg.block_size), np.uint16)
 
 
 @torch.no_grad()
-def teacher_forced_tokens(model: GPT, tokens: np.ndarray, labels: np.ndarray | None, p: SampleParams,
-                          progress: bool = True) -> np.ndarray:  # fmt: skip
+def teacher_forced_tokens(
+    model: GPT, tokens: np.ndarray, labels: np.ndarray | None, p: SampleParams, progress: bool = True
+) -> np.ndarray:
     """What the sampler writes at each cell of the given grids when every cell before it is the true one:
     uint16 (N, H*W), drawn like `sample_tokens` (p's temperature, top-k, top-p and guidance; one generator
     seeded with p.seed). Where it differs from `tokens` are the GPT's own mistakes, which a decoder can be
@@ -134,14 +145,26 @@ class Samples:
 
 
 def write_samples(
-    path: str | Path, tokens: np.ndarray, labels: np.ndarray, images: np.ndarray, cfg: GPTConfig,
-    p: SampleParams, classes: tuple[str, ...], decoder_kind: str,
-) -> None:  # fmt: skip
+    path: str | Path,
+    tokens: np.ndarray,
+    labels: np.ndarray,
+    images: np.ndarray,
+    cfg: GPTConfig,
+    p: SampleParams,
+    classes: tuple[str, ...],
+    decoder_kind: str,
+) -> None:
     attrs = {
-        "sample_params": json.dumps(p.model_dump()), "model_config": json.dumps(asdict(cfg)),
-        "classes": list(classes), "conditional": cfg.conditional, "k": cfg.k, "grid_h": cfg.grid_h,
-        "grid_w": cfg.grid_w, "decoder_kind": decoder_kind, "no_label": NO_LABEL,
-    }  # fmt: skip
+        "sample_params": json.dumps(p.model_dump()),
+        "model_config": json.dumps(asdict(cfg)),
+        "classes": list(classes),
+        "conditional": cfg.conditional,
+        "k": cfg.k,
+        "grid_h": cfg.grid_h,
+        "grid_w": cfg.grid_w,
+        "decoder_kind": decoder_kind,
+        "no_label": NO_LABEL,
+    }
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("tokens", data=tokens.astype(np.uint16))
         f.create_dataset("labels", data=labels.astype(np.uint8))
@@ -226,8 +249,9 @@ def grid_figure(samples: Samples, columns: int = GRID_COLUMNS) -> Figure:
 # ---- the sample stage ----
 
 
-def generate_samples(p: SampleParams, gpt_dir: Path, decoder_dir: Path, tokens: Path, samples: Path, grid: Path,
-                     plot_grid: Path) -> dict:  # fmt: skip
+def generate_samples(
+    p: SampleParams, gpt_dir: Path, decoder_dir: Path, tokens: Path, samples: Path, grid: Path, plot_grid: Path
+) -> dict:
     """The sample stage: p.n_per_class images per class (an unconditional model: 10 x as many) from the GPT in
     `gpt_dir`, decoded by the decoder in `decoder_dir` (both checked against the token file `tokens`), written
     to `samples` (samples.h5) with their grid to `grid` and a copy to `plot_grid`. Returns what the log reports:
@@ -249,5 +273,10 @@ def generate_samples(p: SampleParams, gpt_dir: Path, decoder_dir: Path, tokens: 
     write_samples(samples, codes, labels, images, model.cfg, p, meta.classes, decoder.kind)
     save_png(grid_figure(read_samples(samples)), grid)
     write_bytes(plot_grid, Path(grid).read_bytes())
-    return {"images": len(images), "conditional": model.cfg.conditional, "sample_seconds": t1 - t0,
-            "decode_seconds": t2 - t1, "device": str(device)}  # fmt: skip
+    return {
+        "images": len(images),
+        "conditional": model.cfg.conditional,
+        "sample_seconds": t1 - t0,
+        "decode_seconds": t2 - t1,
+        "device": str(device),
+    }

@@ -25,16 +25,16 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
+from matplotlib.figure import Figure
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from pipeline.core.checkpoint import Checkpoint, run_fingerprint
@@ -98,9 +98,19 @@ def distributed(device: str) -> Iterator[DistInfo]:
 
 def model_config(p: TrainParams, meta: tok.TokenMeta) -> GPTConfig:
     return GPTConfig(
-        k=meta.k, grid_h=meta.grid_h, grid_w=meta.row_len, n_classes=meta.n_classes, conditional=p.conditional,
-        n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd, dropout=p.dropout, pos_emb=p.pos_emb,
-        attention=p.attention, window=p.window, n_kv_head=p.n_kv_head,
+        k=meta.k,
+        grid_h=meta.grid_h,
+        grid_w=meta.row_len,
+        n_classes=meta.n_classes,
+        conditional=p.conditional,
+        n_layer=p.n_layer,
+        n_head=p.n_head,
+        n_embd=p.n_embd,
+        dropout=p.dropout,
+        pos_emb=p.pos_emb,
+        attention=p.attention,
+        window=p.window,
+        n_kv_head=p.n_kv_head,
     )
 
 
@@ -171,8 +181,9 @@ def train(
 
         if info.world > 1:
             # the only buffers are constants derived from the config (masks, rotary tables): no per-step sync
-            net = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                                          broadcast_buffers=False)
+            net = DistributedDataParallel(
+                model, device_ids=[info.device.index] if info.device.type == "cuda" else None, broadcast_buffers=False
+            )
         else:
             net = model
         compile_mode = resolve_compile(p.compile, info.device, info.world)
@@ -183,9 +194,18 @@ def train(
             log.info(
                 "GPT %.2fM params, vocab %d, %d slots; %d train (%s) / %d val sequences; %d steps/epoch x %d epochs; "
                 "global batch %d over %d process(es) on %s in %s",
-                model.num_params() / 1e6, cfg.vocab_size, cfg.block_size, len(train_split.tokens),
-                "+ mirrored" if p.flip else "as they are", len(val_split.tokens), batches.steps, p.epochs,
-                p.batch_size, info.world, info.device, precision,
+                model.num_params() / 1e6,
+                cfg.vocab_size,
+                cfg.block_size,
+                len(train_split.tokens),
+                "+ mirrored" if p.flip else "as they are",
+                len(val_split.tokens),
+                batches.steps,
+                p.epochs,
+                p.batch_size,
+                info.world,
+                info.device,
+                precision,
             )
 
         # Every sequence lives on the device: a step indexes there, with no host copy (or wait) per step.
@@ -209,8 +229,12 @@ def train(
                 codes_epoch = torch.where((mirror < 0.5).to(info.device)[:, None], flipped, codes_epoch)
             model.train()
             loss_sum, t0 = torch.zeros((), device=info.device), time.perf_counter()
-            bar = tqdm(batches.epoch(epoch, info.device), desc=f"epoch {epoch + 1}/{p.epochs}", disable=not info.main,
-                       leave=False)
+            bar = tqdm(
+                batches.epoch(epoch, info.device),
+                desc=f"epoch {epoch + 1}/{p.epochs}",
+                disable=not info.main,
+                leave=False,
+            )
             for i, idx in enumerate(bar):
                 lr = lr_at(run.step, total_steps, p.warmup_steps, p.lr, p.min_lr)
                 set_lr(opt, lr)
@@ -218,8 +242,16 @@ def train(
                     torch.compiler.cudagraph_mark_step_begin()
                 codes = codes_epoch[idx]
                 prefix = torch.where(drop[idx], cfg.null_token, cfg.prefix(train_labels[idx], len(idx), info.device))
-                loss = train_step(loss_of, (training_inputs(codes, prefix), codes), opt, run.scaler, info.device,
-                                  precision, p.grad_clip, model.parameters())  # fmt: skip
+                loss = train_step(
+                    loss_of,
+                    (training_inputs(codes, prefix), codes),
+                    opt,
+                    run.scaler,
+                    info.device,
+                    precision,
+                    p.grad_clip,
+                    model.parameters(),
+                )
                 run.step += 1
                 loss_sum += loss
                 if info.main and i % POSTFIX_EVERY == 0:
@@ -230,23 +262,46 @@ def train(
             return {"train_loss": _all_reduce([loss_sum.item() / batches.steps], info)[0] / info.world}
 
         def validate() -> dict:
-            return {"val_loss": mean_nll(model, val_split, 2 * batches.local, info.device, precision, info.rank, info.world)}
+            return {
+                "val_loss": mean_nll(model, val_split, 2 * batches.local, info.device, precision, info.rank, info.world)
+            }
 
         def describe(r: dict, seconds: float) -> str:
-            return (f"train {r['train_loss']:.4f}, val {r['val_loss']:.4f} nats/token "
-                    f"({bits_per_image(r['val_loss'], cfg.block_size):.1f} bits/image), "
-                    f"{batches.steps * tokens_per_step / seconds:.0f} tokens/s")  # fmt: skip
+            return (
+                f"train {r['train_loss']:.4f}, val {r['val_loss']:.4f} nats/token "
+                f"({bits_per_image(r['val_loss'], cfg.block_size):.1f} bits/image), "
+                f"{batches.steps * tokens_per_step / seconds:.0f} tokens/s"
+            )
 
-        fit(run, ckpt, p.epochs, train_epoch, validate, SELECTION, describe=describe, main=info.main,
-            on_epoch_end=on_epoch_end)  # fmt: skip
+        fit(
+            run,
+            ckpt,
+            p.epochs,
+            train_epoch,
+            validate,
+            SELECTION,
+            describe=describe,
+            main=info.main,
+            on_epoch_end=on_epoch_end,
+        )
 
-    tokens_per_s = run.epochs_here * batches.steps * tokens_per_step / run.train_seconds_here if run.epochs_here else 0.0
+    tokens_per_s = (
+        run.epochs_here * batches.steps * tokens_per_step / run.train_seconds_here if run.epochs_here else 0.0
+    )
     if info.main:  # every declared output, also when all epochs came from the checkpoint
         _write_plots(run.history, paths.plots)
-        save_gpt(model, paths.model_dir, {
-            "classes": list(meta.classes), "encoder": meta.encoder, "codebook_sha256": meta.codebook_sha256,
-            "train": p.model_dump(), "epoch": run.best["epoch"], "precision": precision,
-        })  # fmt: skip
+        save_gpt(
+            model,
+            paths.model_dir,
+            {
+                "classes": list(meta.classes),
+                "encoder": meta.encoder,
+                "codebook_sha256": meta.codebook_sha256,
+                "train": p.model_dump(),
+                "epoch": run.best["epoch"],
+                "precision": precision,
+            },
+        )
     return _metrics(model, run, tokens_per_s, info, precision, compile_mode)
 
 
@@ -264,7 +319,9 @@ def _write_plots(history: list[dict], plots: Path) -> None:
     save_png(fig, plots / "train_loss.png")
 
 
-def _metrics(model: GPT, run: Run, tokens_per_s: float, info: DistInfo, precision: str, compile_mode: str | None) -> dict:
+def _metrics(
+    model: GPT, run: Run, tokens_per_s: float, info: DistInfo, precision: str, compile_mode: str | None
+) -> dict:
     """train.json: the best epoch (the saved model), which and why, and how the run went."""
     return {
         "best_epoch": run.best["epoch"],

@@ -71,8 +71,9 @@ def _fit(p: CodebookParams, features: Path) -> _Fit:
         # stored in the feature space, what the decoder reads: weights and PCA shape the partition only
         first = cb.feature_centroids(sample, fit.centroids, space, gpu)
         t0 = time.perf_counter()
-        levels = residual.fit_levels(sample, first, space, p.codes_per_cell, p.k, p.niter, p.seed,
-                                     p.max_points_per_centroid, gpu, p.init)  # fmt: skip
+        levels = residual.fit_levels(
+            sample, first, space, p.codes_per_cell, p.k, p.niter, p.seed, p.max_points_per_centroid, gpu, p.init
+        )
         fit_seconds = fit.seconds + time.perf_counter() - t0  # + the residual levels' k-means
         del sample
         splits = tuple(layout.counts)  # train, val, test (+ train_flip)
@@ -84,8 +85,13 @@ def _fit(p: CodebookParams, features: Path) -> _Fit:
 def _write_files(p: CodebookParams, r: _Fit, tokens: Path, codebook: Path) -> None:
     layout, centroids = r.layout, r.centroids
     # k: the vocabulary, k x codes_per_cell
-    described = dict(k=len(centroids), codes_per_cell=p.codes_per_cell, feature_dim=layout.dim, encoder=layout.encoder,
-                     codebook_sha256=token_files.centroids_sha256(centroids))  # fmt: skip
+    described = dict(
+        k=len(centroids),
+        codes_per_cell=p.codes_per_cell,
+        feature_dim=layout.dim,
+        encoder=layout.encoder,
+        codebook_sha256=token_files.centroids_sha256(centroids),
+    )
     token_files.write_codebook(
         codebook,
         centroids,

@@ -38,8 +38,10 @@ class DecoderConfig:
     @classmethod
     def from_dict(cls, d: dict) -> DecoderConfig:
         # a decoder saved before codes_per_cell existed read one code per cell
-        return cls(**{k: d[k] for k in ("in_channels", "grid", "k", "channels", "res_blocks")},
-                   codes_per_cell=d.get("codes_per_cell", 1))  # fmt: skip
+        return cls(
+            **{k: d[k] for k in ("in_channels", "grid", "k", "channels", "res_blocks")},
+            codes_per_cell=d.get("codes_per_cell", 1),
+        )
 
 
 def upsampling_steps(grid: int) -> int:
@@ -60,9 +62,13 @@ class ResBlock(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
-            nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
-        )  # fmt: skip
+            nn.GroupNorm(_groups(ch), ch),
+            nn.SiLU(),
+            nn.Conv2d(ch, ch, 3, padding=1),
+            nn.GroupNorm(_groups(ch), ch),
+            nn.SiLU(),
+            nn.Conv2d(ch, ch, 3, padding=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)

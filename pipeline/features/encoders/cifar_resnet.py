@@ -98,7 +98,9 @@ def load_state_dict(depth: int) -> tuple[dict[str, torch.Tensor], str]:
     """The pretrained checkpoint for `depth` and its file's sha256, from the torch hub cache (downloaded
     if absent and online), verified against the published hash before it is loaded."""
     if depth not in CHECKPOINTS:
-        raise PipelineError(f"CIFAR ResNet depth {depth} has no pretrained weights; choose one of {sorted(CHECKPOINTS)}")
+        raise PipelineError(
+            f"CIFAR ResNet depth {depth} has no pretrained weights; choose one of {sorted(CHECKPOINTS)}"
+        )
     name, sha256 = CHECKPOINTS[depth]
     path, actual = verified_weights(URL_BASE + name, sha256)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
