@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import REPO, copy_repo, copy_run, run, venv_env, write_npz
 from dvc.utils.serialize import modify_yaml
@@ -27,6 +29,7 @@ from pipeline.data import cifar10
 from pipeline.data.cifar10 import DataError
 from pipeline.params import ParamsError, load_params, parse_params, preset_overrides
 from pipeline.paths import RAW
+from pipeline.tokenizer import decoder_training as dt
 
 DVC_TEMP = ".Z3YqM0u9yvfYaMlwllymKQ.tmp"  # the name a killed `dvc checkout` left in the issue
 
@@ -183,14 +186,21 @@ def test_dvc_temporaries_are_swept_and_ignored_by_dvc(tmp_path):
 @pytest.mark.usefixtures("torch_home")
 def test_make_repro_recovers_from_an_empty_dvc_lock(tiny_pipeline, tmp_path):
     """F1: a `dvc repro` killed while DVC rewrote dvc.lock left it empty; repro.py (make repro, the notebook)
-    sets it aside and DVC restores every output from its run cache instead of running a stage."""
+    sets it aside: DVC restores the outputs from its run cache, and the two training stages (persist
+    checkpoints, which DVC's run cache skips) resume from their last epoch and save the same models."""
     repo = copy_run(tiny_pipeline[0], tmp_path / "repo")
+    models = {
+        m: (repo / m).read_bytes()
+        for m in ("data/models/gpt/model.safetensors", "data/models/decoder/model.safetensors")
+    }
     (repo / "dvc.lock").write_text("")
     assert run(["dvc", "status"], cwd=repo, check=False).returncode != 0  # what DVC alone does with it
     (repo / "data" / "raw" / DVC_TEMP).write_bytes(b"half a restore")
     out = run([sys.executable, "repro.py", "--preset", "gpu"], cwd=repo)
     text = out.stdout + out.stderr
-    assert "it is empty" in text and "dvc.lock.broken" in text and "Running stage" not in text, text
+    assert "it is empty" in text and "dvc.lock.broken" in text, text
+    assert set(re.findall(r"Running stage '([^']+)'", text)) <= {"decoder", "train"}, text
+    assert "resuming from" in text and all((repo / m).read_bytes() == b for m, b in models.items())
     assert not (repo / "data" / "raw" / DVC_TEMP).exists()
     assert lock_problem(repo / "dvc.lock") is None and "up to date" in run(["dvc", "status"], cwd=repo).stdout
 
@@ -314,3 +324,39 @@ def test_a_dead_writers_temporary_is_still_swept(tmp_path):  # the first round's
     stale = temp_path(tmp_path / "x.h5", dead_pid())
     stale.write_bytes(b"half")
     assert remove_stale_temps(tmp_path) == [stale]
+
+
+# ---- beyond the list: what a finite but bad value can still do -------------------------------------------------
+
+
+def test_a_diverging_training_is_an_error_and_saves_nothing(tmp_path):
+    from test_train import paths_in, tiny_params, train, write_tokens
+
+    from pipeline.core.errors import PipelineError
+
+    paths = paths_in(tmp_path, write_tokens(tmp_path / "tokens.h5"))
+    with pytest.raises(PipelineError, match=r"train: training diverged at epoch 1 .*nothing was saved. Lower train.lr"):
+        train(tiny_params(lr=1e30, min_lr=0.0, grad_clip=0.0), paths)
+    assert not paths.model_dir.exists() and not (paths.checkpoints / "last.pt").exists()
+
+
+def test_top_k_above_the_codes_is_a_clear_error(tmp_path, monkeypatch):
+    from sample_world import K, write_world
+    from test_sample import run_sample
+
+    from pipeline.core.errors import PipelineError
+
+    root = write_world(tmp_path, sample={"top_k": K + 1})
+    with pytest.raises(PipelineError, match=rf"sample.top_k = {K + 1} exceeds the {K} codes .* at most {K}"):
+        run_sample(root, monkeypatch)
+
+
+def test_decoder_batch_larger_than_the_data_is_refused_as_trains_is(tmp_path):
+    from test_decoder import params, write_inputs
+
+    from pipeline.core.errors import PipelineError
+
+    paths = write_inputs(tmp_path, n_train=16)
+    inputs = dt.load_inputs(paths["tokens"], paths["codebook"], paths["features"], paths["raw"])
+    with pytest.raises(PipelineError, match=r"decoder.batch_size = 64 exceeds the 16 training images"):
+        dt.train_decoder(params(batch_size=64), inputs, tmp_path / "ckpt", torch.device("cpu"), "fp32", "code")

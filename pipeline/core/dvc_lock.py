@@ -39,5 +39,6 @@ def set_aside_damaged_lock(path: Path) -> str | None:
     os.replace(path, aside)
     return (
         f"{path}: {problem}, as a DVC killed while rewriting it leaves it; moved it to {aside}. "
-        "DVC restores the outputs of stages it already ran from its run cache."
+        "DVC restores the outputs of stages it already ran from its run cache (the training stages resume "
+        "from their checkpoints)."
     )

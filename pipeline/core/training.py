@@ -25,6 +25,7 @@ metrics/<stage>.json and logs one line.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.core.checkpoint import Checkpoint
+from pipeline.core.errors import PipelineError
 from pipeline.core.runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,13 @@ def fit(
         record = {"epoch": epoch + 1, **train_epoch(epoch)}
         run.train_seconds_here += time.perf_counter() - t0
         record |= validate()
+        diverged = {k: v for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)}
+        if diverged:  # never checkpoint or save a model of NaNs as a success
+            what = checkpoint.what if checkpoint is not None else "training"
+            raise PipelineError(
+                f"{what}: training diverged at epoch {epoch + 1} ({diverged}); nothing was saved. Lower "
+                f"{what}.lr, or use fp32 ({what}.precision) if it ran in fp16"
+            )
         seconds = time.perf_counter() - t0
         run.epoch, run.seconds, run.epochs_here = epoch + 1, run.seconds + seconds, run.epochs_here + 1
         run.history.append(record)

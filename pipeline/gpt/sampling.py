@@ -263,6 +263,11 @@ def generate_samples(
     decoder = load_token_decoder(decoder_dir)
     check_decoder(model.cfg, decoder, str(gpt_dir), str(decoder_dir))
     check_same_codebook(gpt_dir, decoder_dir, tokens, meta)
+    if p.top_k is not None and p.top_k > model.cfg.k:
+        raise PipelineError(
+            f"sample.top_k = {p.top_k} exceeds the {model.cfg.k} codes the GPT in {gpt_dir} chooses from (it would "
+            f"keep them all); set sample.top_k to at most {model.cfg.k}, or null for no top-k filtering"
+        )
 
     labels = sample_labels(model.cfg, p.n_per_class)
     t0 = time.perf_counter()

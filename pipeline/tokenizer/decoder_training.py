@@ -252,6 +252,8 @@ def fit_decoder(
     p.epochs over `n` training pairs in `epoch_order`, lr = p.lr x warm-up + cosine to 0, the best epoch on
     `val_psnr()` kept (core.training.fit). `batch(idx, step)` -> (input grids (N, C, g, g), original images
     float NCHW) of the pairs `idx`. `checkpoint` None: no resume and no saving."""
+    if p.batch_size > n:  # as train.batch_size: a batch cut to the data would be another run than asked for
+        raise PipelineError(f"decoder.batch_size = {p.batch_size} exceeds the {n} training images; lower it")
     optimizer = adamw(model.parameters(), device, lr=p.lr, weight_decay=p.weight_decay)
     run = Run(model, optimizer, grad_scaler(device, precision))
     if checkpoint is not None:
