@@ -121,6 +121,22 @@ class CodebookParams(Section):
         return self
 
 
+class AdversarialParams(Section):
+    # The decoder's PatchGAN term, VQGAN-style (pipeline/tokenizer/adversarial.py). weight 0: off, the decoder
+    # trains on its pixel + perceptual loss alone.
+    weight: float = Field(ge=0)  # x lambda: VQGAN's adaptive weight (adaptive) or 1
+    adaptive: bool
+    start_step: int = Field(ge=0)  # the discriminator and the term start at this decoder step
+    loss: Literal["hinge", "non_saturating"]
+    lr: float = Field(gt=0)  # the discriminator's AdamW, on the decoder's warm-up + cosine schedule
+    beta1: float = Field(ge=0, lt=1)
+    beta2: float = Field(ge=0, lt=1)
+    channels: int = Field(ge=8)  # the discriminator's first width, doubling per layer (at most 8x)
+    layers: int = Field(ge=1, le=3)  # stride-2 convolutions before the patch logits
+    spectral_norm: bool
+    r1_gamma: float = Field(ge=0)  # R1 gradient penalty on real images (0: off)
+
+
 class DecoderParams(Section):
     channels: int = Field(ge=8)  # width at the token grid; halves (to >= 32) at each 2x upsampling
     res_blocks: int = Field(ge=0)  # residual blocks at the token grid
@@ -136,6 +152,7 @@ class DecoderParams(Section):
     seed: int = Field(ge=0)
     precision: Precision
     device: Device
+    adversarial: AdversarialParams
 
 
 class TrainParams(Section):

@@ -10,7 +10,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import make_images, requires_real_weights, write_raw
+import yaml
+from conftest import REPO, make_images, requires_real_weights, write_raw
 
 from pipeline.core.checkpoint import NAME as CHECKPOINT
 from pipeline.core.errors import PipelineError
@@ -37,6 +38,7 @@ SMALL = dict(
     seed=0,
     precision="fp32",
     device="cpu",
+    adversarial=yaml.safe_load((REPO / "params.yaml").read_text())["decoder"]["adversarial"],  # weight 0: off
 )
 
 

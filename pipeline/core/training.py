@@ -109,6 +109,9 @@ class Run:
     history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_epoch's and validate's values
     best: dict | None = None  # epoch, value, model (a CPU copy of the best epoch's weights)
     seconds: float = 0.0  # training + validation, over every epoch (resumed ones included)
+    # more trained state of the run (e.g. the decoder's discriminator): objects with state_dict / load_state_dict,
+    # checkpointed under their names
+    extras: dict = field(default_factory=dict)
     # this process only (0 when every epoch came from the checkpoint): for throughput
     epochs_here: int = 0
     train_seconds_here: float = 0.0  # train_epoch only, no validation
@@ -123,6 +126,7 @@ class Run:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
+            **({"extras": {name: x.state_dict() for name, x in self.extras.items()}} if self.extras else {}),
         }
 
     def load_state(self, state: dict) -> None:
@@ -132,6 +136,8 @@ class Run:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), state["best"]
         self.history, self.seconds = list(state["history"]), float(state["seconds"])
+        for name, x in self.extras.items():
+            x.load_state_dict(state["extras"][name])
 
 
 def resume(

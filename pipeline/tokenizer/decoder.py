@@ -112,6 +112,11 @@ class InverseCNN(nn.Module):
             vectors = vectors.view(len(tokens), g * g, d, -1).sum(dim=2)
         return vectors.view(len(tokens), g, g, -1).permute(0, 3, 1, 2)
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The weight of the convolution to RGB: where VQGAN's adaptive weight compares gradient norms."""
+        return self.net[-2].weight
+
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         """(N, C, g, g) centroid grid -> (N, 3, 32, 32) image in [0, 1]."""
         return self.net(grid)

@@ -7,7 +7,9 @@ the original image. With decoder.token_noise, a fraction of each training grid's
 for random ones (validation is always on the true codes).
 
 Loss: pixel L1/MSE + perceptual_weight x MSE between the frozen encoder's standardised features of
-the reconstruction and of the original (the same encoder, layers, grid and stats as extract).
+the reconstruction and of the original (the same encoder, layers, grid and stats as extract); with
+decoder.adversarial.weight > 0, plus a PatchGAN term from adversarial.start_step on (`adversarial.py`: the
+discriminator trains one step after each decoder step, and its state is part of the checkpoint).
 
 The loop is the shared skeleton (`core.training`, as the GPT's): the learning rate is set explicitly at
 every step (`schedule.lr_at`), the batch order of epoch e and the token noise of step s come from
@@ -52,6 +54,7 @@ from pipeline.features.extract import GridSpec, grid_features
 from pipeline.features.files import read_feature_info
 from pipeline.params import DecoderParams
 from pipeline.tokenizer import files as token_io
+from pipeline.tokenizer.adversarial import Adversary, decoder_loss_with
 from pipeline.tokenizer.decoder import DecoderConfig, InverseCNN
 from pipeline.tokenizer.decoding import TokenDecoder, load_token_decoder, save_cnn_decoder, save_palette_decoder
 from pipeline.tokenizer.palette import palette_decode
@@ -61,7 +64,8 @@ log = logging.getLogger(__name__)
 CURVE_IMAGES = 1000  # validation images decoded after each epoch for the PSNR curve
 POSTFIX_EVERY = 10  # reading the loss synchronises a GPU: only now and then
 SELECTION = Selection("val_psnr_db", higher_is_better=True)  # the saved decoder: the best PSNR curve epoch
-ORDER_STREAM, NOISE_STREAM = 0, 1  # derive_seed streams: the batch order per epoch, the token noise per step
+# derive_seed streams: the batch order per epoch, the token noise per step, the discriminator's initial weights
+ORDER_STREAM, NOISE_STREAM, ADVERSARY_STREAM = 0, 1, 2
 
 
 @dataclass
@@ -255,35 +259,52 @@ def fit_decoder(
     if p.batch_size > n:  # as train.batch_size: a batch cut to the data would be another run than asked for
         raise PipelineError(f"decoder.batch_size = {p.batch_size} exceeds the {n} training images; lower it")
     optimizer = adamw(model.parameters(), device, lr=p.lr, weight_decay=p.weight_decay)
-    run = Run(model, optimizer, grad_scaler(device, precision))
+    adversary = None
+    if p.adversarial.weight > 0:
+        adversary = Adversary(p.adversarial, device, precision, derive_seed(p.seed, 0, ADVERSARY_STREAM))
+    run = Run(model, optimizer, grad_scaler(device, precision), extras={"adversary": adversary} if adversary else {})
     if checkpoint is not None:
         resume(run, checkpoint)
     steps_per_epoch = math.ceil(n / p.batch_size)
     total_steps = steps_per_epoch * p.epochs
     eta = Eta("decoder", total_steps - run.step, "steps", slow_minutes=15, slow_hint=slow_hint)
 
+    objective = decoder_loss_with(adversary, loss_fn)
+    latest = []  # the step's reconstructions, which the discriminator's step then sees
+
     def loss_of(grid: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return loss_fn(model(grid).float(), target)
+        latest[:] = [model(grid).float()]
+        return objective(latest[0], target, model.last_layer, run.step)
 
     def train_epoch(epoch: int) -> dict:
         model.train()
         order = epoch_order(n, p.seed, epoch).to(device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        d_sum = torch.zeros((), dtype=torch.float64, device=device)
         bar = tqdm(range(steps_per_epoch), desc=f"decoder epoch {epoch + 1}/{p.epochs}", unit="batch", leave=False)
         for i in bar:
-            lr = p.lr * lr_at(run.step, total_steps, p.warmup_steps, 1.0, 0.0)  # warm-up, cosine to 0
-            set_lr(optimizer, lr)
+            schedule = lr_at(run.step, total_steps, p.warmup_steps, 1.0, 0.0)  # warm-up, cosine to 0
+            set_lr(optimizer, p.lr * schedule)
             idx = order[i * p.batch_size : (i + 1) * p.batch_size]
-            loss = train_step(loss_of, batch(idx, run.step), optimizer, run.scaler, device, precision)
+            grid, target = batch(idx, run.step)
+            loss = train_step(loss_of, (grid, target), optimizer, run.scaler, device, precision)
+            if adversary is not None and adversary.active(run.step):
+                d_sum += adversary.step(target, latest[0], schedule).double() * len(idx)
             run.step += 1
             loss_sum += loss.double() * len(idx)
             if i % POSTFIX_EVERY == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{p.lr * schedule:.2e}")
             eta.update(1)
-        return {"train_loss": loss_sum.item() / n}
+        record = {"train_loss": loss_sum.item() / n}
+        if adversary is not None:  # the discriminator's mean loss (0 before it starts) and the latest lambda x weight
+            record |= {"d_loss": d_sum.item() / n, "adversarial_weight": adversary.last_weight}
+        return record
 
     def describe(r: dict, seconds: float) -> str:
-        return f"train loss {r['train_loss']:.4f}, val PSNR {r['val_psnr_db']:.2f} dB"
+        adversarial = (
+            f", D loss {r['d_loss']:.3f}, adversarial weight {r['adversarial_weight']:.3g}" if adversary else ""
+        )
+        return f"train loss {r['train_loss']:.4f}{adversarial}, val PSNR {r['val_psnr_db']:.2f} dB"
 
     return fit(
         run,
@@ -428,5 +449,7 @@ def reconstruction_grid(
 
 
 def write_history_csv(history: list[dict], target: Path) -> None:
-    rows = [(h["epoch"], f"{h['train_loss']:.6f}", f"{h['val_psnr_db']:.4f}") for h in history]
-    write_csv(target, ("epoch", "train_loss", "val_psnr_db"), rows)
+    """The per-epoch curve: train loss and val PSNR, and the discriminator's loss when there is one."""
+    columns = ["epoch", "train_loss", "val_psnr_db"] + (["d_loss"] if history and "d_loss" in history[0] else [])
+    formats = {"epoch": "{}", "train_loss": "{:.6f}", "val_psnr_db": "{:.4f}", "d_loss": "{:.6f}"}
+    write_csv(target, columns, [[formats[c].format(h[c]) for c in columns] for h in history])
