@@ -9,7 +9,7 @@ from pipeline.params import CPU_PRESET_COMMAND, Section, cpu_preset_differences
 def slow_cpu_hint(section: str, values: Section, precision: str) -> str:
     """The cause, in order: an emulated precision, params other than the CPU preset's, else the CPU itself."""
     if precision != "fp32" and not native(torch.device("cpu"), precision):
-        return f"{section}.precision = {precision} is emulated on this CPU ({describe_cpu()}): set it to auto"
+        return f"{section}.precision = {precision} is slower than fp32 on this CPU ({describe_cpu()}): set it to auto"
     differ = cpu_preset_differences(section, values)
     if differ:
         return (

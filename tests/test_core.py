@@ -107,3 +107,35 @@ def test_feature_precision_resolution(monkeypatch, requested, device, native_bf1
 )
 def test_compile_resolution_table(requested, device, world, expected):
     assert runtime.resolve_compile(requested, torch.device(device), world) == expected
+
+
+@pytest.mark.parametrize(
+    "supported, speedup, expected",
+    [
+        (True, 7.0, "bf16"),  # AMX tiles
+        (True, 0.6, "fp32"),  # AVX512-BF16 without AMX: "native", yet slower (issue 29's Xeon)
+        (True, 0.22, "fp32"),  # AVX-512 without AVX512-BF16: oneDNN claims bf16 and emulates it
+        (True, 1.1, "fp32"),  # inside the timing margin: never a precision that may be slower
+        (False, 7.0, "fp32"),  # no bf16 kernels at all (AVX2): nothing is measured
+    ],
+)
+def test_auto_on_a_cpu_takes_bf16_only_where_it_measures_faster(monkeypatch, caplog, supported, speedup, expected):
+    monkeypatch.setattr(runtime, "_cpu_supports", lambda precision: supported)
+    monkeypatch.setattr(runtime, "cpu_speedup", lambda precision: speedup)
+    cpu = torch.device("cpu")
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        assert runtime.resolve_precision("auto", cpu, "train.precision") == expected
+    assert runtime.resolve_feature_precision("auto", cpu) == expected
+    reason = f"bf16 matrix products at {speedup:.2f}x fp32's speed (measured)" if supported else "no bf16 kernels"
+    assert f"train.precision: auto -> {expected} on " in caplog.text and reason in caplog.text
+
+
+def test_the_cpu_precision_probe_runs_once_per_process(monkeypatch):
+    timed = []
+    monkeypatch.setattr(runtime, "_matmul_seconds", lambda device, dtype: timed.append(dtype) or 1.0)
+    runtime.cpu_speedup.cache_clear()
+    try:
+        assert runtime.cpu_speedup("bf16") == runtime.cpu_speedup("bf16") == 1.0
+        assert timed == [torch.float32, torch.bfloat16]
+    finally:
+        runtime.cpu_speedup.cache_clear()  # the real machine's value for the tests that follow

@@ -1,19 +1,23 @@
 """Device choice and the one precision resolver shared by every stage.
 
-`precision: auto` picks what the hardware does natively:
+`precision: auto` picks what the hardware does natively, which on a CPU means measurably faster:
 
-    device                                   auto     training extra
-    CUDA, compute capability >= 8 (Ampere+)  bf16
-    older CUDA card (T4, V100, P100)         fp16     gradient scaler (`grad_scaler`)
-    CPU with native bf16 (AMX, AVX512-BF16)  bf16
-    any other CPU (AVX2 laptops, ...)        fp32
+    device                                                       auto     training extra
+    CUDA, compute capability >= 8 (Ampere+)                      bf16
+    older CUDA card (T4, V100, P100)                             fp16     gradient scaler (`grad_scaler`)
+    CPU where a bf16 matrix product runs >= 1.2x fp32's speed    bf16     (AMX: about 7x)
+    any other CPU (AVX2 laptops, AVX-512 without AMX, ...)       fp32
 
-An explicit `bf16` or `fp16` runs as asked; where the hardware only emulates it, a warning names the
-param and the slow-down measured on the spot with one small matrix product.
+On a CPU, oneDNN's "bf16 supported" is not enough: AVX-512 CPUs without AMX claim it and run bf16 slower
+than fp32 (0.2x without AVX512-BF16, 0.6x with it, measured in docs/benchmarks.md). So `native` times one
+512 x 512 matrix product in both precisions, once per process (well under a second), and the resolved
+precision's log line gives the measured ratio. An explicit `bf16` or `fp16` runs as asked; where it is
+slower than fp32 here, a warning names the param and the measured slow-down.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -24,7 +28,8 @@ from pipeline.core.errors import PipelineError
 log = logging.getLogger("pipeline")
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-PROBE_SIZE = 256  # side of the matrices timed to measure an emulated precision's slow-down
+PROBE_SIZE = 512  # side of the matrices timed to compare a precision's speed with fp32's
+MIN_CPU_SPEEDUP = 1.2  # bf16 on a CPU only when it is this much faster than fp32 (margin for timing noise)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -39,23 +44,40 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _cpu_supports(precision: str) -> bool:
+    """oneDNN's own claim: it has kernels for `precision` on this CPU (fast or not)."""
+    mkldnn = torch.ops.mkldnn
+    return bool(mkldnn._is_mkldnn_bf16_supported() if precision == "bf16" else mkldnn._is_mkldnn_fp16_supported())
+
+
+@functools.cache
+def cpu_speedup(precision: str) -> float:
+    """How many times faster a PROBE_SIZE matrix product runs in `precision` than in fp32 on this CPU, with
+    its threads as they are: measured once per process (about 0.1 s where `precision` is slow)."""
+    cpu = torch.device("cpu")
+    return _matmul_seconds(cpu, torch.float32) / max(_matmul_seconds(cpu, DTYPES[precision]), 1e-9)
+
+
 def native(device: torch.device, precision: str) -> bool:
-    """Whether `device` computes in `precision` (bf16/fp16) natively rather than by emulation."""
+    """Whether `device` computes in `precision` (bf16/fp16) in hardware, faster than fp32: on CUDA by compute
+    capability, on a CPU by oneDNN's support AND a measured speed-up of at least MIN_CPU_SPEEDUP."""
     if device.type == "cuda":
         return precision == "fp16" or torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
-        mkldnn = torch.ops.mkldnn
-        return bool(mkldnn._is_mkldnn_bf16_supported() if precision == "bf16" else mkldnn._is_mkldnn_fp16_supported())
+        return _cpu_supports(precision) and cpu_speedup(precision) >= MIN_CPU_SPEEDUP
     return False
 
 
 def describe_cpu() -> str:
-    """The CPU as torch sees it: vector ISA, native bf16 or not, threads."""
-    bf16 = "native bf16 (AMX or AVX512-BF16)" if native(torch.device("cpu"), "bf16") else "no native bf16"
+    """The CPU as torch sees it: vector ISA, bf16's measured speed against fp32's, threads."""
+    if _cpu_supports("bf16"):
+        bf16 = f"bf16 matrix products at {cpu_speedup('bf16'):.2f}x fp32's speed (measured)"
+    else:
+        bf16 = "no bf16 kernels"
     return f"{torch.backends.cpu.get_cpu_capability()} CPU, {bf16}, {torch.get_num_threads()} threads"
 
 
-def _matmul_seconds(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
+def _matmul_seconds(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
     a = torch.randn(PROBE_SIZE, PROBE_SIZE, device=device).to(dtype)
     best = float("inf")
     for _ in range(repeats + 1):  # the first call pays for kernel selection
@@ -91,8 +113,8 @@ def resolve_precision(requested: str, device: torch.device, param: str) -> str:
         raise PipelineError(f"{param} = {requested!r}: expected auto, fp32, bf16 or fp16")
     if requested != "fp32" and not native(device, requested):
         log.warning(
-            "%s = %s: this %s has no native %s and emulates it: a matrix product runs %.0fx slower than in fp32 "
-            "here (measured), so expect this stage to run several times slower. Set %s to auto (or fp32).",
+            "%s = %s: this %s has no fast %s (emulated, or slower than fp32 in hardware): a matrix product runs "
+            "%.1fx slower than in fp32 here (measured), so expect this stage to run slower. Set %s to auto (or fp32).",
             param,
             requested,
             device.type.upper(),

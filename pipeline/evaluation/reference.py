@@ -96,9 +96,9 @@ def compute_reference(p: ReferenceParams, raw: str | Path, target: str | Path) -
     precision = resolve_feature_precision(p.precision, device)  # reconstruct and evaluate reuse it
     hint = ""
     if device.type == "cpu":
-        emulated = precision == "bf16" and not native(device, "bf16")
+        emulated = precision == "bf16" and not native(device, "bf16")  # or slower than fp32 in hardware
         hint = (
-            f"reference.precision = bf16 is emulated on this CPU ({describe_cpu()}): set it to auto or fp32"
+            f"reference.precision = bf16 is slower than fp32 on this CPU ({describe_cpu()}): set it to auto or fp32"
             if emulated
             else slow_cpu_hint("reference", p, precision)
         )
