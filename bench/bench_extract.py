@@ -2,7 +2,7 @@
 
     TORCH_HOME=../shared/torch-home .venv/bin/python bench/bench_extract.py [--limit N]
 
-product:  pipeline.features.extract.write_features as the stage runs it (conv-bn folded, channels_last, its
+product:  pipeline.features.extract.write_stage_features, the stage's own call (conv-bn folded, channels_last, its
           precision resolved as the stage resolves it, batch extract.batch_size, HDF5 writes on a background thread)
 baseline: the plain loop - unfused encoder, fp32, batch 500, no channels_last, synchronous writes
 Both write the same standardised features.h5 (the extract params of params.yaml, as the stage reads them).
@@ -35,7 +35,7 @@ from pipeline.features.extract import (
     extract_spec,
     has_convs,
     prepare_encoder,
-    write_features,
+    write_stage_features,
 )
 from pipeline.params import load_params
 from pipeline.paths import RAW
@@ -141,17 +141,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir="data") as tmp:
         fast_h5, plain_h5 = Path(tmp, "product.h5"), Path(tmp, "baseline.h5")
         t = time.perf_counter()
-        write_features(
-            fast_h5,
-            encoder,
-            splits,
-            spec,
-            batch_size=p.batch_size,
-            device=device,
-            precision=precision,
-            standardize=True,
-            channels_last=has_convs(encoder),
-        )
+        write_stage_features(p, fast_h5, encoder, splits, spec, device, precision)
         fast_s = time.perf_counter() - t
         t = time.perf_counter()
         baseline(plain_h5, encoder, splits, spec, device)

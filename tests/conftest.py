@@ -83,6 +83,11 @@ def write_raw(path: Path, n_train: int, n_test: int, n_val: int = 10) -> SimpleN
     return SimpleNamespace(**{split: cifar10.read_split(path, split) for split in cifar10.SPLITS})
 
 
+def token_attrs(k: int, grid: int, **attrs) -> dict:
+    """tokens.h5 attributes of a square token grid over the 10 classes (codebook contract), plus `attrs`."""
+    return dict(k=k, grid_h=grid, grid_w=grid, n_classes=10, **attrs)
+
+
 def write_npz(path: Path, n_train: int = 60, n_test: int = 20, **overrides) -> Path:
     x_train, y_train = make_images(n_train, seed=1)
     x_test, y_test = make_images(n_test, seed=2)

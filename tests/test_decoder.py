@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, make_images, requires_real_weights, write_raw
+from conftest import REPO, make_images, requires_real_weights, token_attrs, write_raw
 
 from pipeline.core.checkpoint import NAME as CHECKPOINT
 from pipeline.core.errors import PipelineError
@@ -82,6 +82,7 @@ def write_inputs(
         f["stats/std"] = np.full(dim, 0.25, np.float32)
     centroids = rng.normal(size=(k, dim)).astype(np.float32)
     token_files.write_codebook(paths["codebook"], centroids, {"k": k})
+    sha = token_files.centroids_sha256(centroids)
     splits = {
         split: (
             rng.integers(0, k, (len(y), grid * grid)).astype(np.uint16),
@@ -92,16 +93,7 @@ def write_inputs(
     token_files.write_tokens(
         paths["tokens"],
         splits,
-        dict(
-            k=k,
-            grid_h=grid,
-            grid_w=grid,
-            n_classes=10,
-            classes=list(cifar10.CLASSES),
-            encoder=encoder,
-            feature_dim=dim,
-            codebook_sha256=token_files.centroids_sha256(centroids),
-        ),
+        token_attrs(k, grid, classes=list(cifar10.CLASSES), encoder=encoder, feature_dim=dim, codebook_sha256=sha),
     )
     return paths
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
+from sample_world import gpt_config
 
 from pipeline.gpt import model as gpt
 from pipeline.gpt.attention_masks import ATTENTIONS, block_mask
-from pipeline.gpt.model import GPT, GPTConfig, inverse_cdf_sample, load_gpt, sample_logits, save_gpt, training_inputs
+from pipeline.gpt.model import GPT, inverse_cdf_sample, load_gpt, sample_logits, save_gpt, training_inputs
 from pipeline.gpt.rotary import Rotary2D
 
 K = 24
@@ -30,24 +32,8 @@ def make(
     conditional: bool, pos_emb: str = "2d", attn_impl: str = "sdpa", seed: int = 0, variant: str = "full", **config
 ) -> GPT:
     torch.manual_seed(seed)
-    cfg = GPTConfig(
-        **{
-            **dict(
-                k=K,
-                grid_h=3,
-                grid_w=4,
-                n_classes=10,
-                conditional=conditional,
-                n_layer=2,
-                n_head=2,
-                n_embd=32,
-                dropout=0.1,
-                pos_emb=pos_emb,
-            ),
-            **VARIANTS[variant],
-            **config,
-        }
-    )
+    shape = dict(grid_h=3, grid_w=4, n_layer=2, n_embd=32, dropout=0.1, pos_emb=pos_emb)
+    cfg = replace(gpt_config(conditional, K), **{**shape, **VARIANTS[variant], **config})
     model = GPT(cfg, attn_impl).eval()
     with torch.no_grad():  # random, larger weights so the logits are far from uniform
         for p in model.parameters():

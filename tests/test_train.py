@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from conftest import REPO
+from conftest import REPO, token_attrs
 
 from pipeline.core import runtime
 from pipeline.core.atomic import write_json
@@ -54,16 +54,8 @@ def write_tokens(path: Path, n_train: int = 64, n_test: int = 32, k: int = K, gr
     write_token_file(
         path,
         splits,
-        dict(
-            k=k,
-            grid_h=grid,
-            grid_w=grid,
-            n_classes=10,
-            feature_dim=8,
-            classes=[f"c{i}" for i in range(10)],
-            encoder="synthetic",
-            codebook_sha256="synthetic-codebook",
-        )
+        token_attrs(k, grid, classes=[f"c{i}" for i in range(10)], encoder="synthetic", feature_dim=8)
+        | {"codebook_sha256": "synthetic-codebook"}
         | attrs,
     )
     return path

@@ -104,18 +104,9 @@ def compute_reference(p: ReferenceParams, raw: str | Path, target: str | Path) -
         )
     eta = Eta("reference (Inception features)", total, "images", slow_minutes=SLOW_MINUTES, slow_hint=hint)
     t0 = time.perf_counter()
+    sizes = p.model_dump(include={"n_train", "n_test", "kid_images", "batch_size", "seed"})
     ref = build_reference(
-        model,
-        train.images,
-        test.images,
-        n_train=p.n_train,
-        n_test=p.n_test,
-        kid_images=p.kid_images,
-        batch_size=p.batch_size,
-        precision=precision,
-        device=device,
-        seed=p.seed,
-        progress=eta.update,
+        model, train.images, test.images, precision=precision, device=device, progress=eta.update, **sizes
     )
     seconds = time.perf_counter() - t0
     write_reference(ref, target)

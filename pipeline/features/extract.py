@@ -390,14 +390,13 @@ def run_extract(p: ExtractParams, raw: str | Path, target: str | Path, pretraine
         len(splits["train"].images),
         len(splits["test"].images),
     )
-    return write_features(
-        target,
-        encoder,
-        splits,
-        spec,
-        batch_size=p.batch_size,
-        device=device,
-        precision=precision,
-        standardize=p.standardize,
-        channels_last=has_convs(encoder),
-    )
+    return write_stage_features(p, target, encoder, splits, spec, device, precision)
+
+
+def write_stage_features(
+    p: ExtractParams, target, encoder: Encoder, splits: dict, spec: GridSpec, device: torch.device, precision: str
+) -> dict:
+    """`write_features` as the extract stage calls it (p's batch size and standardisation, channels-last
+    convolutions): the product path that bench/bench_extract.py times."""
+    options = dict(batch_size=p.batch_size, standardize=p.standardize, channels_last=has_convs(encoder))
+    return write_features(target, encoder, splits, spec, device=device, precision=precision, **options)

@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -97,20 +97,10 @@ def distributed(device: str) -> Iterator[DistInfo]:
 
 
 def model_config(p: TrainParams, meta: tok.TokenMeta) -> GPTConfig:
+    """The GPT's shape: the token file's (vocabulary, grid, classes), the rest from train params of the same name."""
+    from_params = {f.name for f in fields(GPTConfig)} & set(TrainParams.model_fields)
     return GPTConfig(
-        k=meta.k,
-        grid_h=meta.grid_h,
-        grid_w=meta.row_len,
-        n_classes=meta.n_classes,
-        conditional=p.conditional,
-        n_layer=p.n_layer,
-        n_head=p.n_head,
-        n_embd=p.n_embd,
-        dropout=p.dropout,
-        pos_emb=p.pos_emb,
-        attention=p.attention,
-        window=p.window,
-        n_kv_head=p.n_kv_head,
+        k=meta.k, grid_h=meta.grid_h, grid_w=meta.row_len, n_classes=meta.n_classes, **p.model_dump(include=from_params)
     )
 
 
