@@ -173,6 +173,7 @@ def fit(
     (train_loss); `validate()` returns the validation values, `selection.key` among them. `describe(record,
     seconds)` words an epoch's values for its log line. `checkpoint` None: nothing is saved (a study).
     `on_epoch_end(epoch)` (1-based) runs after the checkpoint is written: the tests interrupt runs there."""
+    what = checkpoint.what if checkpoint is not None else "training"  # the params section, in messages
     for epoch in range(run.epoch, epochs):
         t0 = time.perf_counter()
         record = {"epoch": epoch + 1, **train_epoch(epoch)}
@@ -180,7 +181,6 @@ def fit(
         record |= validate()
         diverged = {k: v for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)}
         if diverged:  # never checkpoint or save a model of NaNs as a success
-            what = checkpoint.what if checkpoint is not None else "training"
             raise PipelineError(
                 f"{what}: training diverged at epoch {epoch + 1} ({diverged}); nothing was saved. Lower "
                 f"{what}.lr, or use fp32 ({what}.precision) if it ran in fp16"
@@ -192,7 +192,6 @@ def fit(
             weights = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
             run.best = {"epoch": epoch + 1, "value": record[selection.key], "model": weights}
         if main:
-            what = checkpoint.what if checkpoint is not None else "training"
             log.info(
                 "%s epoch %d/%d: %s; best: epoch %d",
                 what,
