@@ -149,6 +149,9 @@ class DecoderParams(Section):
     perceptual_weight: float = Field(ge=0)
     # fraction of training cells whose token is swapped for a random code: robustness to a GPT's wrong codes
     token_noise: float = Field(ge=0, lt=1)
+    # the epoch kept: highest val PSNR, or lowest Inception FID of the curve's val reconstructions against the
+    # reference's train statistics (an adversarial term trades PSNR for realism, so PSNR would reject it)
+    select: Literal["psnr", "fid"]
     seed: int = Field(ge=0)
     precision: Precision
     device: Device

@@ -1,7 +1,8 @@
 """decoder: tokens + codebook -> a token-grid-to-image decoder, its validation metrics and plots.
 
 CNN tokenizers train the inverse CNN (resuming from data/checkpoints/decoder; the saved decoder is the
-epoch with the best validation PSNR curve); the `pixels` tokenizer gets its palette decoder with no
+epoch with the best validation curve: PSNR, or Inception FID against the reference's train statistics by
+decoder.select); the `pixels` tokenizer gets its palette decoder with no
 training. Both are scored the same way on the validation split (model selection); the reconstruct stage
 reports the test split. The work is `decoder_training.run_decoder`; this file writes its metrics.
 """
@@ -9,7 +10,17 @@ reports the test split. The work is `decoder_training.run_decoder`; this file wr
 import logging
 from pathlib import Path
 
-from pipeline.paths import CODEBOOK, DECODER_CHECKPOINTS, DECODER_DIR, FEATURES, METRICS, PLOTS, RAW, TOKENS
+from pipeline.paths import (
+    CODEBOOK,
+    DECODER_CHECKPOINTS,
+    DECODER_DIR,
+    FEATURES,
+    METRICS,
+    PLOTS,
+    RAW,
+    REFERENCE,
+    TOKENS,
+)
 from stages import PARAMS_OPTION, app
 
 log = logging.getLogger(__name__)
@@ -33,7 +44,9 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
     device = resolve_device(p.device)
     precision = resolve_precision(p.precision, device, "decoder.precision")
     hint = slow_cpu_hint("decoder", p, precision) if device.type == "cpu" else ""
-    paths = DecoderPaths(TOKENS, CODEBOOK, FEATURES, RAW, DECODER_DIR, DECODER_CHECKPOINTS, LOSS_CSV, GRID_PNG)
+    paths = DecoderPaths(
+        TOKENS, CODEBOOK, FEATURES, RAW, REFERENCE, DECODER_DIR, DECODER_CHECKPOINTS, LOSS_CSV, GRID_PNG
+    )
     metrics = run_decoder(p, paths, device, precision, code=code_sha256("decoder"), slow_hint=hint)
     write_json(METRICS_JSON, metrics)
     log.info(

@@ -82,6 +82,7 @@ def main() -> None:
             precision,
             "decoder_on_gpt_grids",
             feature_loss,
+            realism=dt.curve_realism(p, REFERENCE, device),  # selected as the stage selects
         )
     decoders = {
         "decoder stage": load_token_decoder(DECODER_DIR),

@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
     args = ap.parse_args()
     params = load_params(args.params)
-    p = params.decoder
+    p = params.decoder.model_copy(update={"select": "psnr"})  # the ceiling's curve is PSNR only
     device = resolve_device(p.device)
     precision = resolve_precision(p.precision, device, "decoder.precision")
     info = read_feature_info(FEATURES)
@@ -87,7 +87,7 @@ def main() -> None:
         model,
         len(train_x),
         batch,
-        lambda: psnr(val.images[curve], reconstruct(model, val_x[curve], p.batch_size, device)),
+        lambda: {"val_psnr_db": psnr(val.images[curve], reconstruct(model, val_x[curve], p.batch_size, device))},
         None,
         device,
         precision,

@@ -35,6 +35,7 @@ SMALL = dict(
     pixel_loss="l1",
     perceptual_weight=0.0,
     token_noise=0.0,
+    select="psnr",
     seed=0,
     precision="fp32",
     device="cpu",
@@ -245,6 +246,30 @@ def test_saved_decoder_is_the_epoch_with_the_best_validation_psnr(tmp_path):
     assert all(torch.equal(weights[k], per_epoch[best][k]) for k in weights)
     last = torch.load(tmp_path / "ckpt" / CHECKPOINT, weights_only=True)
     assert last["epoch"] == p.epochs and last["best"]["epoch"] == best
+
+
+class ScriptedRealism:
+    """A `realism` scorer (decoder_training.CurveFID's interface) whose FIDs are given: which epoch is kept
+    must follow them, not the PSNR curve. The real scorer runs in the tiny pipeline (select: fid)."""
+
+    def __init__(self, fids: list[float]):
+        self.fids, self.seen = list(fids), []
+
+    def score(self, reconstructions: np.ndarray) -> dict:
+        self.seen.append(reconstructions.shape)
+        return {"val_fid_inception": self.fids[len(self.seen) - 1]}
+
+
+def test_select_fid_keeps_the_epoch_with_the_lowest_curve_fid(tmp_path):
+    inputs, p = load(write_inputs(tmp_path)), params(epochs=3, lr=0.03, select="fid")
+    realism = ScriptedRealism([7.0, 9.0, 8.0])
+    run = train(p, inputs, tmp_path / "ckpt", realism=realism)
+    assert run.best["epoch"] == 1 and run.best["value"] == 7.0
+    assert realism.seen == [inputs.val_images[: dt.CURVE_IMAGES].shape] * 3  # the curve's val images, each epoch
+    assert [h["val_fid_inception"] for h in run.history] == [7.0, 9.0, 8.0]
+    assert all("val_psnr_db" in h for h in run.history)
+    dt.write_history_csv(run.history, tmp_path / "curve.csv")
+    assert (tmp_path / "curve.csv").read_text().splitlines()[0] == "epoch,train_loss,val_psnr_db,val_fid_inception"
 
 
 def test_token_noise_swaps_the_asked_fraction_of_codes_reproducibly():

@@ -15,8 +15,11 @@ The loop is the shared skeleton (`core.training`, as the GPT's): the learning ra
 every step (`schedule.lr_at`), the batch order of epoch e and the token noise of step s come from
 generators seeded with `derive_seed` (seed, e) and (seed, s), and after every epoch the model, optimizer,
 epoch, step, history and best epoch go into one checkpoint (`core.checkpoint`), reused only by the same
-params, inputs and code. So a resumed run reproduces an uninterrupted one exactly on CPU. The saved decoder
-is the epoch with the highest validation PSNR on the first CURVE_IMAGES val images (decoder.json: best_epoch).
+params, inputs and code. So a resumed run reproduces an uninterrupted one exactly on CPU. After each epoch the
+first CURVE_IMAGES val images are decoded (the curve); the saved decoder is the curve's epoch with the highest
+PSNR, or with decoder.select: fid the lowest Inception FID of those reconstructions against the reference
+stage's train statistics (decoder.json: best_epoch): an adversarial term buys realism with PSNR, so selecting
+such a decoder by PSNR would keep the epoch before the term started.
 
 `run_decoder` is the stage: it trains (or builds the `pixels` palette decoder), writes the decoder folder,
 plots/decoder_loss.csv and plots/reconstructions.png, and returns the metrics the stage writes.
@@ -48,7 +51,9 @@ from pipeline.core.runtime import adamw, grad_scaler
 from pipeline.core.schedule import lr_at
 from pipeline.core.training import Run, Selection, derive_seed, fit, resume, set_lr, train_step
 from pipeline.data import cifar10
+from pipeline.evaluation import inception
 from pipeline.evaluation.reconstruction import pixel_metrics, psnr
+from pipeline.evaluation.reference import fid_to, read_reference
 from pipeline.features.encoders import build_encoder
 from pipeline.features.extract import GridSpec, grid_features
 from pipeline.features.files import read_feature_info
@@ -61,9 +66,12 @@ from pipeline.tokenizer.palette import palette_decode
 
 log = logging.getLogger(__name__)
 
-CURVE_IMAGES = 1000  # validation images decoded after each epoch for the PSNR curve
+CURVE_IMAGES = 1000  # validation images decoded after each epoch for the curve (PSNR, and FID when selected by it)
 POSTFIX_EVERY = 10  # reading the loss synchronises a GPU: only now and then
-SELECTION = Selection("val_psnr_db", higher_is_better=True)  # the saved decoder: the best PSNR curve epoch
+SELECTIONS = {  # decoder.select -> the curve value that picks the saved epoch
+    "psnr": Selection("val_psnr_db", higher_is_better=True),
+    "fid": Selection("val_fid_inception", higher_is_better=False),
+}
 # derive_seed streams: the batch order per epoch, the token noise per step, the discriminator's initial weights
 ORDER_STREAM, NOISE_STREAM, ADVERSARY_STREAM = 0, 1, 2
 
@@ -243,7 +251,7 @@ def fit_decoder(
     model: InverseCNN,
     n: int,
     batch: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
-    val_psnr: Callable[[], float],
+    validate: Callable[[], dict],
     checkpoint: Checkpoint | None,
     device: torch.device,
     precision: str,
@@ -253,9 +261,9 @@ def fit_decoder(
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> Run:
     """The decoder's loop on any input grids (the stage's centroid grids, tokenizer_ceiling's features):
-    p.epochs over `n` training pairs in `epoch_order`, lr = p.lr x warm-up + cosine to 0, the best epoch on
-    `val_psnr()` kept (core.training.fit). `batch(idx, step)` -> (input grids (N, C, g, g), original images
-    float NCHW) of the pairs `idx`. `checkpoint` None: no resume and no saving."""
+    p.epochs over `n` training pairs in `epoch_order`, lr = p.lr x warm-up + cosine to 0, the best epoch by
+    `validate()`'s value of SELECTIONS[p.select] kept (core.training.fit). `batch(idx, step)` -> (input grids
+    (N, C, g, g), original images float NCHW) of the pairs `idx`. `checkpoint` None: no resume and no saving."""
     if p.batch_size > n:  # as train.batch_size: a batch cut to the data would be another run than asked for
         raise PipelineError(f"decoder.batch_size = {p.batch_size} exceeds the {n} training images; lower it")
     optimizer = adamw(model.parameters(), device, lr=p.lr, weight_decay=p.weight_decay)
@@ -304,18 +312,41 @@ def fit_decoder(
         adversarial = (
             f", D loss {r['d_loss']:.3f}, adversarial weight {r['adversarial_weight']:.3g}" if adversary else ""
         )
-        return f"train loss {r['train_loss']:.4f}{adversarial}, val PSNR {r['val_psnr_db']:.2f} dB"
+        fid = f", val FID {r['val_fid_inception']:.2f}" if "val_fid_inception" in r else ""
+        return f"train loss {r['train_loss']:.4f}{adversarial}, val PSNR {r['val_psnr_db']:.2f} dB{fid}"
 
     return fit(
         run,
         checkpoint,
         p.epochs,
         train_epoch,
-        lambda: {"val_psnr_db": val_psnr()},
-        SELECTION,
+        validate,
+        SELECTIONS[p.select],
         describe=describe,
         on_epoch_end=on_epoch_end,
     )
+
+
+class CurveFID:
+    """The realism the decoder is selected by (decoder.select: fid): Inception FID of the curve's val reconstructions
+    against the train statistics of the reference stage's file, under its protocol and precision. Validation
+    images against train statistics: the test split stays out of model selection."""
+
+    def __init__(self, reference: Path, device: torch.device, batch_size: int):
+        ref = read_reference(reference)
+        self.train, self.precision = ref.train, ref.precision
+        self.model, self.device, self.batch_size = inception.load_inception(), device, batch_size
+
+    def score(self, reconstructions: np.ndarray) -> dict:
+        features = inception.inception_features(
+            self.model, reconstructions, self.batch_size, self.device, self.precision
+        )
+        return {"val_fid_inception": fid_to(features, self.train)}
+
+
+def curve_realism(p: DecoderParams, reference: Path, device: torch.device) -> CurveFID | None:
+    """The scorer decoder.select needs beside the PSNR curve: CurveFID for `fid`, none for `psnr`."""
+    return CurveFID(reference, device, p.batch_size) if p.select == "fid" else None
 
 
 def train_decoder(
@@ -328,9 +359,10 @@ def train_decoder(
     feature_loss: nn.Module | None = None,
     slow_hint: str = "",
     on_epoch_end: Callable[[int], None] | None = None,
+    realism: CurveFID | None = None,
 ) -> Run:
     """Train (or resume) the decoder on the centroid grids of `inputs` for p.epochs; checkpoint after every
-    epoch; run.model ends as the epoch with the best validation PSNR on the first CURVE_IMAGES val images.
+    epoch; run.model ends as the curve's best epoch (p.select; `realism` scores the curve for select: fid).
     `precision` is p.precision resolved for `device` (`runtime.resolve_precision`). `code` identifies the
     training code (hashing.code_sha256): a checkpoint written by other code is not resumed."""
     config = DecoderConfig(
@@ -348,6 +380,8 @@ def train_decoder(
     ckpt = Checkpoint(checkpoint_dir, run_fingerprint(params, inputs.input_hashes, code), "decoder")
     tokens = torch.from_numpy(inputs.train_tokens.astype(np.int64)).to(device)
     images = torch.from_numpy(inputs.train_images).to(device)  # uint8 NHWC; converted per batch
+    if (p.select == "fid") != (realism is not None):
+        raise ValueError(f"decoder.select = {p.select!r} with realism={realism!r}: pass curve_realism(p, ...)")
     curve_tokens, curve_images = inputs.val_tokens[:CURVE_IMAGES], inputs.val_images[:CURVE_IMAGES]
     use_features = feature_loss is not None and p.perceptual_weight > 0
     log.info(
@@ -367,16 +401,19 @@ def train_decoder(
         noisy = perturb_tokens(tokens[idx], p.token_noise, config.k, p.seed, step, config.codes_per_cell)
         return model.embed(noisy), to_float_nchw(images[idx], device)
 
-    def val_psnr() -> float:
+    def validate() -> dict:
         decoder = TokenDecoder("cnn", config.grid, config.k, model=model)
-        return psnr(curve_images, decoder.decode(curve_tokens, p.batch_size, device, precision))
+        reconstructions = decoder.decode(curve_tokens, p.batch_size, device, precision)
+        return {"val_psnr_db": psnr(curve_images, reconstructions)} | (
+            realism.score(reconstructions) if realism else {}
+        )
 
     return fit_decoder(
         p,
         model,
         len(tokens),
         batch,
-        val_psnr,
+        validate,
         ckpt,
         device,
         precision,
@@ -392,6 +429,7 @@ class DecoderPaths:
     codebook: Path
     features: Path
     raw: Path
+    reference: Path  # the reference stage's Inception statistics (decoder.select: fid)
     model_dir: Path
     checkpoints: Path
     loss_csv: Path  # plots/decoder_loss.csv
@@ -412,7 +450,10 @@ def run_decoder(
         write_json(paths.checkpoints / "palette.json", {"kind": "palette", "note": "no training, no checkpoint"})
     else:
         feature_loss = build_feature_loss(inputs, device) if p.perceptual_weight > 0 else None
-        run = train_decoder(p, inputs, paths.checkpoints, device, precision, code, feature_loss, slow_hint=slow_hint)
+        realism = curve_realism(p, paths.reference, device)
+        run = train_decoder(
+            p, inputs, paths.checkpoints, device, precision, code, feature_loss, slow_hint=slow_hint, realism=realism
+        )
         save_cnn_decoder(run.model.cpu(), paths.model_dir, extra | {"precision": precision})
         history, train_seconds, best_epoch = run.history, run.seconds, run.best["epoch"]
     write_history_csv(history, paths.loss_csv)
@@ -421,6 +462,8 @@ def run_decoder(
     token_decoder = load_token_decoder(paths.model_dir)
     reconstructions = token_decoder.decode(inputs.val_tokens, p.batch_size, device)
     metrics = pixel_metrics(inputs.val_images, reconstructions)  # classifier scores: the reconstruct stage
+    if history and "val_fid_inception" in history[0]:  # the kept epoch's, on the curve's CURVE_IMAGES val images
+        metrics["curve_fid_inception"] = history[best_epoch - 1]["val_fid_inception"]
     metrics.update(
         split="val",
         kind=token_decoder.kind,
@@ -449,7 +492,10 @@ def reconstruction_grid(
 
 
 def write_history_csv(history: list[dict], target: Path) -> None:
-    """The per-epoch curve: train loss and val PSNR, and the discriminator's loss when there is one."""
-    columns = ["epoch", "train_loss", "val_psnr_db"] + (["d_loss"] if history and "d_loss" in history[0] else [])
-    formats = {"epoch": "{}", "train_loss": "{:.6f}", "val_psnr_db": "{:.4f}", "d_loss": "{:.6f}"}
+    """The per-epoch curve: train loss and val PSNR, the val FID when selected by it, and the discriminator's
+    loss when there is one."""
+    optional = [c for c in ("val_fid_inception", "d_loss") if history and c in history[0]]
+    columns = ["epoch", "train_loss", "val_psnr_db", *optional]
+    formats = {"epoch": "{}", "train_loss": "{:.6f}", "val_psnr_db": "{:.4f}", "val_fid_inception": "{:.4f}"}
+    formats["d_loss"] = "{:.6f}"
     write_csv(target, columns, [[formats[c].format(h[c]) for c in columns] for h in history])
