@@ -15,7 +15,6 @@ from pipeline.paths import (
     DECODER_CHECKPOINTS,
     DECODER_DIR,
     FEATURES,
-    METRICS,
     PLOTS,
     RAW,
     REFERENCE,
@@ -27,14 +26,13 @@ log = logging.getLogger(__name__)
 
 GRID_PNG = PLOTS / "reconstructions.png"
 LOSS_CSV = PLOTS / "decoder_loss.csv"
-METRICS_JSON = METRICS / "decoder.json"
 
 
 @app.command()
 def decoder(params: Path = PARAMS_OPTION) -> None:
     """Train (or build) the token decoder and score its validation reconstructions."""
-    from pipeline.core.atomic import write_json
     from pipeline.core.hashing import code_sha256
+    from pipeline.core.results import write_results
     from pipeline.core.runtime import resolve_device, resolve_precision
     from pipeline.hints import slow_cpu_hint
     from pipeline.params import load_params
@@ -47,16 +45,17 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
     paths = DecoderPaths(
         TOKENS, CODEBOOK, FEATURES, RAW, REFERENCE, DECODER_DIR, DECODER_CHECKPOINTS, LOSS_CSV, GRID_PNG
     )
-    metrics = run_decoder(p, paths, device, precision, code=code_sha256("decoder"), slow_hint=hint)
-    write_json(METRICS_JSON, metrics)
+    results = run_decoder(p, paths, device, precision, code=code_sha256("decoder"), slow_hint=hint)
+    written = write_results("decoder", results)
+    m, info = results.metrics, results.info
     log.info(
-        "decoder (%s, %d tokens/image, epoch %d of %d): val PSNR %.2f dB, SSIM %.3f -> %s, %s",
-        metrics["kind"],
-        metrics["tokens_per_image"],
-        metrics["best_epoch"],
-        metrics["epochs"],
-        metrics["psnr_db"],
-        metrics["ssim"],
-        METRICS_JSON,
+        "decoder (%s, %d tokens/image, epoch %d of %d): val PSNR %.2f dB, SSIM %.3f -> %s, %s, %s",
+        info["kind"],
+        info["tokens_per_image"],
+        m["decoder_best_epoch"],
+        info["epochs"],
+        m["val_psnr_db"],
+        m["val_ssim"],
+        *written,
         GRID_PNG,
     )

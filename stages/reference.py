@@ -1,37 +1,37 @@
 """reference: data/raw/cifar10.h5 -> Inception statistics of the real images in data/reference/inception.h5.
 
 Depends on the raw images and the Inception code only, so no change downstream ever recomputes it.
-metrics/reference.json records the floor at full size: FID of the reference test images against the
-train statistics (studies/fid_reference.py validates it against the published value).
+metrics/reference.json records the floor at full size (fid_test_vs_train: FID of the reference test images
+against the train statistics; studies/fid_reference.py validates it against the published value); info/ says
+how the statistics were made.
 """
 
 import logging
 from pathlib import Path
 
-from pipeline.paths import METRICS, RAW, REFERENCE
+from pipeline.paths import RAW, REFERENCE
 from stages import PARAMS_OPTION, app
 
 log = logging.getLogger(__name__)
-
-METRICS_JSON = METRICS / "reference.json"
 
 
 @app.command()
 def reference(params: Path = PARAMS_OPTION) -> None:
     """Inception features of the real images: the whole training set (sample FID/KID) and test (rFID, floor)."""
-    from pipeline.core.atomic import write_json
+    from pipeline.core.results import write_results
     from pipeline.evaluation.reference import compute_reference
     from pipeline.params import load_params
 
-    metrics = compute_reference(load_params(params).reference, RAW, REFERENCE)
-    write_json(METRICS_JSON, metrics)
+    results = compute_reference(load_params(params).reference, RAW, REFERENCE)
+    written = write_results("reference", results)
+    m, info = results.metrics, results.info
     log.info(
-        "wrote %s: %d train and %d test images in %.0f s (%.1f images/s); FID test vs train %.3f -> %s",
+        "wrote %s: %d train and %d test images in %.1f min (%.1f images/s); FID test vs train %.3f -> %s, %s",
         REFERENCE,
-        metrics["reference_train_images"],
-        metrics["reference_test_images"],
-        metrics["seconds"],
-        metrics["images_per_second"],
-        metrics["fid_inception_test_vs_train"],
-        METRICS_JSON,
+        info["reference_train_images"],
+        info["reference_test_images"],
+        m["reference_minutes"],
+        m["reference_images_per_s"],
+        m["fid_test_vs_train"],
+        *written,
     )

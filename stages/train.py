@@ -8,7 +8,7 @@ global batch).
 import logging
 from pathlib import Path
 
-from pipeline.paths import GPT_CHECKPOINTS, GPT_DIR, METRICS, PLOTS, TOKENS
+from pipeline.paths import GPT_CHECKPOINTS, GPT_DIR, PLOTS, TOKENS
 from stages import PARAMS_OPTION, app
 
 log = logging.getLogger(__name__)
@@ -19,8 +19,8 @@ def train(params: Path = PARAMS_OPTION) -> None:
     """Train the token GPT (resumable; DDP under torchrun)."""
     import torch
 
-    from pipeline.core.atomic import write_json
     from pipeline.core.hashing import code_sha256
+    from pipeline.core.results import write_results
     from pipeline.core.runtime import resolve_precision
     from pipeline.gpt.training import TrainPaths, distributed
     from pipeline.gpt.training import train as train_gpt
@@ -28,21 +28,22 @@ def train(params: Path = PARAMS_OPTION) -> None:
     from pipeline.params import load_params
 
     p = load_params(params).train
-    paths, metrics_json = TrainPaths(TOKENS, GPT_DIR, GPT_CHECKPOINTS, PLOTS), METRICS / "train.json"
+    paths = TrainPaths(TOKENS, GPT_DIR, GPT_CHECKPOINTS, PLOTS)
     with distributed(p.device) as info:
         if info.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for the fp32 parts
         precision = resolve_precision(p.precision, info.device, "train.precision")
         hint = slow_cpu_hint("train", p, precision) if info.device.type == "cpu" else ""
-        metrics = train_gpt(p, paths, info, precision=precision, code=code_sha256("train"), slow_hint=hint)
+        results = train_gpt(p, paths, info, precision=precision, code=code_sha256("train"), slow_hint=hint)
         if info.main:
-            write_json(metrics_json, metrics)
+            written = write_results("train", results)
+            m = results.metrics
             log.info(
-                "saved epoch %d of %d (lowest validation NLL %.4f nats/token = %.1f bits/image) -> %s, %s",
-                metrics["best_epoch"],
-                metrics["epochs"],
-                metrics["val_nll"],
-                metrics["val_bits_per_image"],
+                "saved epoch %d of %d (lowest validation NLL %.4f nats/token = %.1f bits/image) -> %s, %s, %s",
+                m["gpt_best_epoch"],
+                results.info["epochs"],
+                m["val_nll"],
+                m["val_bits_per_image"],
                 GPT_DIR,
-                metrics_json,
+                *written,
             )

@@ -96,7 +96,7 @@ def main() -> None:
     ceiling = pixel_metrics(val.images, reconstruct(run.model, val_x, p.batch_size, device))
     print(f"trained in {time.perf_counter() - t0:.0f} s; best epoch {run.best['epoch']} of {run.epoch}")
     print(f"val PSNR from the features (no quantisation): {ceiling['psnr_db']:.2f} dB, SSIM {ceiling['ssim']:.3f}")
-    print("compare: psnr_db of metrics/decoder.json from the same extract and decoder params (dvc metrics show)")
+    print("compare: val_psnr_db of metrics/decoder.json from the same extract and decoder params (dvc metrics show)")
 
 
 if __name__ == "__main__":

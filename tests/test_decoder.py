@@ -427,15 +427,11 @@ def test_stage_end_to_end(tmp_path, monkeypatch, repo_params, torch_home, kind):
     repo_params["decoder"] = {**SMALL, "epochs": 1, "perceptual_weight": 0.1}
     Path("params.yaml").write_text(yaml.safe_dump(repo_params))
     stage.decoder(Path("params.yaml"))
-    metrics = json.loads(Path("metrics/decoder.json").read_text())
-    assert (
-        metrics["kind"] == kind
-        and metrics["tokens_per_image"] == grid * grid
-        and metrics["n_images"] == 10
-        and metrics["split"] == "val"
-    )
-    assert metrics["psnr_db"] > 0 and -1 <= metrics["ssim"] <= 1
-    assert (metrics["epochs"], metrics["best_epoch"]) == ((1, 1) if kind == "cnn" else (0, 0))
+    metrics, info = (json.loads(Path(f"{folder}/decoder.json").read_text()) for folder in ("metrics", "info"))
+    assert info["kind"] == kind and info["tokens_per_image"] == grid * grid and info["n_images"] == 10
+    assert info["split"] == "val"
+    assert metrics["val_psnr_db"] > 0 and -1 <= metrics["val_ssim"] <= 1
+    assert (info["epochs"], metrics["decoder_best_epoch"]) == ((1, 1) if kind == "cnn" else (0, 0))
     assert "accuracy_reconstructions" not in metrics  # classifier scores come from the reconstruct stage
     assert Path("plots/reconstructions.png").is_file() and Path("data/models/decoder/config.json").is_file()
     assert Path("plots/decoder_loss.csv").read_text().startswith("epoch,train_loss,val_psnr_db")

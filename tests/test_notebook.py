@@ -50,7 +50,7 @@ def test_notebook_runs_the_pipeline_and_shows_its_outputs(tiny_pipeline, tmp_pat
 
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == 4  # codebook usage, reconstructions, loss curve, samples
-    assert json.loads((tiny_project / "metrics/eval.json").read_text())["gpt"]["test_nll"] > 0
+    assert json.loads((tiny_project / "metrics/eval.json").read_text())["test_nll"] > 0
     # DVC recorded the CPU preset's values, layered on the tiny profile, as the params of the outputs
     locked = yaml.safe_load((tiny_project / "dvc.lock").read_text())["stages"]
     for section, values in preset_overrides(preset).items():

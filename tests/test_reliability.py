@@ -377,7 +377,7 @@ def test_recorded_weights_hash_is_the_files_own(torch_home):
 
 # ---- (5) byte-identical outputs --------------------------------------------------------------------------
 
-CODEBOOK_TIMINGS = {"fit_seconds", "assign_seconds"}
+CODEBOOK_TIMINGS = {"kmeans_minutes", "assign_minutes"}
 
 
 def test_codebook_stage_twice_writes_the_same_bytes(tmp_path):
@@ -424,6 +424,11 @@ BYTE_IDENTICAL = {
     "data/samples/samples.h5": "one seeded generator drives every batch",
     "data/samples/grid.png": "matplotlib writes no dates into PNGs",
     "metrics/eval.json": "seeded subsets; no timings",
+    "info/codebook.json": "settings and counts",
+    "info/eval.json": "settings, counts and the protocol",
+    "info/reconstruct.json": "settings, counts and the protocol",
+    "info/reference.json": "settings, counts and the protocol",
+    "info/train.json": "settings and counts",
     "plots/codebook_usage.csv": "counts",
     "plots/codebook_usage.png": "no dates",
     "plots/decoder_loss.csv": "losses of a deterministic run",
@@ -435,10 +440,11 @@ BYTE_IDENTICAL = {
 }
 TIMINGS = {  # keys that hold wall-clock measurements; everything else in these files is identical
     "metrics/codebook.json": CODEBOOK_TIMINGS,
-    "metrics/decoder.json": {"train_seconds", "eval_seconds"},
-    "metrics/reference.json": {"seconds", "images_per_second"},
-    "metrics/reconstruct.json": {"seconds"},
-    "metrics/train.json": {"train_tokens_per_s"},
+    "metrics/decoder.json": {"decoder_minutes"},
+    "info/decoder.json": {"eval_minutes"},
+    "metrics/reference.json": {"reference_minutes", "reference_images_per_s"},
+    "metrics/reconstruct.json": {"reconstruct_minutes"},
+    "metrics/train.json": {"train_tokens_per_s", "train_minutes"},
 }
 # the training skeleton (core/training.py) records each run's wall-clock `seconds` in its checkpoint
 CHECKPOINTS_TIMED = {"data/checkpoints/decoder/last.pt": {"seconds"}, "data/checkpoints/gpt/last.pt": {"seconds"}}

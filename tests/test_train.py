@@ -31,11 +31,12 @@ CODE = "code-v1"  # stands for hashing.code_sha256("train")
 
 
 def train(p, paths, info=DistInfo(), code=CODE, **kwargs):
-    """As the train stage: training.train writes model and plots, rank 0 writes the metrics it returns.
+    """As the train stage: training.train writes model and plots, rank 0 writes the results it returns.
     Returns the saved model (rank 0)."""
-    metrics = training.train(p, paths, info, code=code, **kwargs)
+    results = training.train(p, paths, info, code=code, **kwargs)
     if info.main:
-        write_json(metrics_json(paths), metrics)
+        write_json(metrics_json(paths), results.metrics)
+        write_json(info_json(paths), results.info)
         return load_gpt(paths.model_dir)
 
 
@@ -89,6 +90,10 @@ def metrics_json(paths: TrainPaths) -> Path:
     return paths.plots.parent / "metrics/train.json"
 
 
+def info_json(paths: TrainPaths) -> Path:
+    return paths.plots.parent / "info/train.json"
+
+
 @pytest.fixture
 def tokens_h5(tmp_path: Path) -> Path:
     return write_tokens(tmp_path / "tokens.h5")
@@ -104,7 +109,9 @@ def test_train_writes_model_metrics_plots_and_learns(tmp_path, tokens_h5, monkey
     paths = paths_in(tmp_path, tokens_h5)
     train(p, paths)
     metrics = json.loads(metrics_json(paths).read_text())
-    assert metrics["precision"] == "fp32"  # auto, resolved for this CPU, is what the outputs record
+    assert (
+        json.loads(info_json(paths).read_text())["precision"] == "fp32"
+    )  # auto, resolved for this CPU, is what the outputs record
     assert json.loads((paths.model_dir / "config.json").read_text())["precision"] == "fp32"
     hist = (paths.plots / "train_loss.csv").read_text().splitlines()
     assert hist[0] == "epoch,train_loss,val_loss" and len(hist) == 5
@@ -184,7 +191,7 @@ def test_two_gloo_processes_match_single_process(tmp_path, tokens_h5, variant):
         torch.testing.assert_close(ddp[k], single[k], rtol=1e-4, atol=1e-5, msg=k)
     single_m = json.loads((tmp_path / "single/metrics/train.json").read_text())
     ddp_m = json.loads(metrics_json(ddp_paths).read_text())
-    assert ddp_m["world_size"] == 2
+    assert json.loads(info_json(ddp_paths).read_text())["world_size"] == 2
     assert ddp_m["val_nll"] == pytest.approx(single_m["val_nll"], rel=1e-4)
 
 
@@ -254,11 +261,11 @@ def test_saved_model_is_the_epoch_with_the_lowest_validation_nll(tmp_path):
         per_epoch[epoch] = torch.load(paths.checkpoints / "last.pt", map_location="cpu", weights_only=True)["model"]
 
     train(p, paths, on_epoch_end=snapshot)
-    metrics = json.loads(metrics_json(paths).read_text())
+    metrics, info = json.loads(metrics_json(paths).read_text()), json.loads(info_json(paths).read_text())
     val = [float(row.split(",")[2]) for row in (paths.plots / "train_loss.csv").read_text().splitlines()[1:]]
     best = int(np.argmin(val)) + 1
-    assert metrics["best_epoch"] == best < p.epochs  # it over-fits: the last epoch is not the best
-    assert metrics["val_nll"] == pytest.approx(val[best - 1]) and metrics["last_val_nll"] == pytest.approx(val[-1])
+    assert metrics["gpt_best_epoch"] == best < p.epochs  # it over-fits: the last epoch is not the best
+    assert metrics["val_nll"] == pytest.approx(val[best - 1]) and info["last_val_nll"] == pytest.approx(val[-1])
     saved = load_gpt(paths.model_dir).state_dict()
     assert all(torch.equal(saved[k], per_epoch[best][k]) for k in saved)
     last = torch.load(paths.checkpoints / "last.pt", map_location="cpu", weights_only=True)
@@ -294,7 +301,8 @@ def test_compiled_bf16_training_saves_plain_weights_close_to_eager(tmp_path, tok
         train(tiny_params(epochs=1, dropout=0.0, precision="bf16", compile=mode), paths_in(root, tokens_h5))
         ckpt = torch.load(root / "checkpoints/gpt/last.pt", map_location="cpu", weights_only=True)
         assert not [k for k in ckpt["model"] if "_orig_mod" in k]
-        runs[compiled] = (json.loads((root / "metrics/train.json").read_text()), load_gpt(root / "models/gpt"))
+        results = {folder: json.loads((root / folder / "train.json").read_text()) for folder in ("metrics", "info")}
+        runs[compiled] = (results["metrics"] | results["info"], load_gpt(root / "models/gpt"))
     assert (runs[False][0]["compile"], runs[True][0]["compile"]) == ("none", "default")
     assert runs[True][0]["val_nll"] == pytest.approx(runs[False][0]["val_nll"], abs=1e-4)
     # The 4 AdamW steps move every weight by ~1.8e-3; compiled and eager agree to ~3e-5, except the qkv

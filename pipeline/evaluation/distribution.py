@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.results import Results
 from pipeline.core.runtime import resolve_device
 from pipeline.data import cifar10
 from pipeline.evaluation import inception
@@ -163,6 +164,36 @@ class SampleScorer:
             seed=p.seed,
         )
         return {**quality, "inception": description(self.ref, n, "train"), "evaluator": p.evaluator}, per_class
+
+
+def sample_results(scores: dict) -> Results:
+    """`SampleScorer.score`'s nested scores under the flat names of metrics/eval.json (the proxy under
+    `_evaluator`, whichever network evaluate.evaluator names), and the counts and protocol as info."""
+    s, floor, train = scores["samples"], scores["floor_test_images"], scores["reference_train_images"]
+    label = evaluator_label(scores["evaluator"])
+    metrics = {
+        "sample_fid": s["fid_inception"],
+        "sample_kid": s["kid_inception_mean"],
+        "sample_kid_std": s["kid_inception_std"],
+        "sample_precision": s["precision_inception"],
+        "sample_recall": s["recall_inception"],
+        **({} if s["class_agreement"] is None else {"class_agreement": s["class_agreement"]}),
+        "floor_fid": floor["fid_inception"],
+        "floor_kid": floor["kid_inception_mean"],
+        "floor_precision": floor["precision_inception"],
+        "floor_recall": floor["recall_inception"],
+        "sample_fid_evaluator": s[f"fid_{label}"],
+        "sample_kid_evaluator": s[f"kid_{label}_mean"],
+        "floor_fid_evaluator": train[f"fid_{label}"],  # n train images against the test images
+    }
+    info = {
+        "samples": s["n"],
+        "floor_test_images": floor["n"],
+        "evaluator": scores["evaluator"],
+        "evaluator_floor_train_images": train["n"],
+        "inception": scores["inception"],
+    }
+    return Results(metrics, info)
 
 
 def score_summary(scores: dict) -> str:

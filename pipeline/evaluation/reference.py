@@ -24,6 +24,7 @@ from pipeline.core.artifacts import damaged, open_h5
 from pipeline.core.atomic import atomic_path
 from pipeline.core.errors import PipelineError
 from pipeline.core.progress import Eta
+from pipeline.core.results import Results, minutes
 from pipeline.core.runtime import describe_cpu, native, resolve_device, resolve_feature_precision
 from pipeline.data import cifar10
 from pipeline.evaluation import inception
@@ -85,9 +86,9 @@ def build_reference(
     )
 
 
-def compute_reference(p: ReferenceParams, raw: str | Path, target: str | Path) -> dict:
+def compute_reference(p: ReferenceParams, raw: str | Path, target: str | Path) -> Results:
     """The reference stage: Inception features of the raw file's train and test images (seeded subsets of
-    p.n_train and p.n_test) reduced to `target`; returns the stage's metrics, the floor among them (FID of
+    p.n_train and p.n_test) reduced to `target`; returns the stage's results, the floor among them (FID of
     the test images against the train statistics)."""
     device = resolve_device(p.device)
     model = inception.load_inception()
@@ -110,13 +111,14 @@ def compute_reference(p: ReferenceParams, raw: str | Path, target: str | Path) -
     )
     seconds = time.perf_counter() - t0
     write_reference(ref, target)
-    return {
-        **description(ref),
-        "fid_inception_test_vs_train": fid_to(ref.test_features, ref.train),
-        "device": str(device),
-        "seconds": round(seconds, 1),
-        "images_per_second": round(total / seconds, 2),
-    }
+    return Results(
+        {
+            "fid_test_vs_train": fid_to(ref.test_features, ref.train),
+            "reference_images_per_s": round(total / seconds, 2),
+            "reference_minutes": minutes(seconds),
+        },
+        {**description(ref), "device": str(device)},
+    )
 
 
 def write_reference(ref: Reference, target: str | Path) -> None:

@@ -3,7 +3,7 @@
 `evaluate_generator` scores the GPT's test NLL (likelihood.py, next to unigram baselines) and the sample
 stage's images (pipeline/evaluation/distribution.py `SampleScorer`: evaluate.n_samples of them, Inception
 FID/KID against the reference stage's train statistics next to the floor, precision/recall, class
-agreement and the evaluator's proxy distance); it writes the per-class table and returns the metrics.
+agreement and the evaluator's proxy distance); it writes the per-class table and returns the results.
 `score_token_grids` scores token grids generated elsewhere (a study, a lent GPU) with the same scorer.
 The tokenizer is scored by the reconstruct stage (pipeline/tokenizer/scoring.py).
 """
@@ -14,12 +14,14 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.plots import write_csv
+from pipeline.core.results import Results
 from pipeline.core.runtime import resolve_device
 from pipeline.data import cifar10
-from pipeline.evaluation.distribution import SampleScorer
+from pipeline.evaluation.distribution import SampleScorer, sample_results
 from pipeline.gpt import likelihood, sampling
 from pipeline.gpt.model import load_gpt
 from pipeline.params import EvaluateParams
@@ -64,11 +66,10 @@ def evaluate_generator(
     reference: Path,
     samples: Path,
     classes_csv: Path,
-) -> dict:
+) -> Results:
     """The evaluate stage: the test NLL of the GPT in `gpt_dir` on the token file `tokens`, and the sample
     stage's images (`samples`) scored against the raw file and the reference file; writes the per-class
-    table to `classes_csv` and returns the stage's metrics (gpt, samples, floor_test_images,
-    reference_train_images, inception, evaluator, conditional, device)."""
+    table to `classes_csv` and returns the stage's results (`eval_results`)."""
     gpt = _gpt_metrics(p, gpt_dir, decoder_dir, tokens)  # the GPT is freed before the samples are scored
     drawn = sampling.read_samples(samples)
     seq_len = tok.read_meta(tokens).seq_len
@@ -79,7 +80,26 @@ def evaluate_generator(
     scorer = SampleScorer.load(p, raw, reference)
     scores, per_class = scorer.score(drawn.images, drawn.labels if drawn.conditional else None)
     _write_class_table(per_class, drawn.classes or cifar10.CLASSES, classes_csv)
-    return {"gpt": gpt, **scores, "conditional": drawn.conditional, "device": str(scorer.device)}
+    return eval_results(gpt, scores, drawn.conditional, scorer.device)
+
+
+def eval_results(gpt: dict, scores: dict, conditional: bool, device: torch.device) -> Results:
+    """metrics/eval.json: the GPT's test NLL and the samples' `sample_results`; info/eval.json: how."""
+    samples = sample_results(scores)
+    metrics = {
+        "test_nll": gpt["test_nll"],
+        "test_bits_per_image": gpt["test_bits_per_image"],
+        "unigram_bits_per_image": gpt["unigram_train_xent_bits_per_image"],  # a train unigram, scored on test
+        **samples.metrics,
+    }
+    info = {
+        **samples.info,
+        "conditional": conditional,
+        "gpt_precision": gpt["precision"],
+        "unigram_test_entropy_bits_per_image": gpt["unigram_test_entropy_bits_per_image"],
+        "device": str(device),
+    }
+    return Results(metrics, info)
 
 
 def score_token_grids(

@@ -5,7 +5,7 @@ One code path for 1 process and for `torchrun --nproc_per_node=N` (NCCL on GPU, 
 
 The epoch loop, checkpoint, resume, step and best-epoch selection are the shared skeleton
 (`core.training`); this file holds what is the GPT's own: DDP, torch.compile, flips, label dropout.
-`train` writes the model folder and plots/train_loss.csv/png and returns the metrics the stage writes.
+`train` writes the model folder and plots/train_loss.csv/png and returns the results the stage writes.
 
 Model selection: after every epoch the NLL of the validation split is measured; the saved model is
 the epoch with the lowest one (train.json says which and why), while the resume checkpoint holds the
@@ -42,6 +42,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.hashing import sha256_file
 from pipeline.core.plots import save_png, write_csv
 from pipeline.core.progress import Eta
+from pipeline.core.results import Results, minutes
 from pipeline.core.runtime import adamw, grad_scaler, resolve_compile, resolve_device, resolve_precision
 from pipeline.core.schedule import lr_at
 from pipeline.core.training import Run, Selection, derive_seed, fit, resume, set_lr, train_step
@@ -141,9 +142,9 @@ def train(
     precision: str | None = None,
     slow_hint: str = "",
     on_epoch_end: Callable[[int], None] | None = None,
-) -> dict:
-    """Train (or resume) and, on rank 0, write the model folder and the loss curves; returns the metrics
-    (metrics/train.json, which the stage writes on rank 0).
+) -> Results:
+    """Train (or resume) and, on rank 0, write the model folder and the loss curves; returns the results
+    (metrics/train.json and info/train.json, which the stage writes on rank 0).
 
     `code` identifies the training code (hashing.code_sha256): a checkpoint written by other code is
     not resumed. `precision` is p.precision resolved for the device (`runtime.resolve_precision`;
@@ -292,7 +293,7 @@ def train(
                 "precision": precision,
             },
         )
-    return _metrics(model, run, tokens_per_s, info, precision, compile_mode)
+    return _results(model, run, tokens_per_s, info, precision, compile_mode)
 
 
 def _write_plots(history: list[dict], plots: Path) -> None:
@@ -309,25 +310,29 @@ def _write_plots(history: list[dict], plots: Path) -> None:
     save_png(fig, plots / "train_loss.png")
 
 
-def _metrics(
+def _results(
     model: GPT, run: Run, tokens_per_s: float, info: DistInfo, precision: str, compile_mode: str | None
-) -> dict:
-    """train.json: the best epoch (the saved model), which and why, and how the run went."""
-    return {
-        "best_epoch": run.best["epoch"],
-        "selection": "the saved model is the epoch with the lowest validation NLL",
+) -> Results:
+    """train.json: the best epoch (the saved model) and how the run went; info: which and why, and where."""
+    metrics = {
         **nll_metrics(run.best["value"], model.cfg.block_size, "val"),
         "train_loss": run.history[run.best["epoch"] - 1]["train_loss"],
-        "epochs": len(run.history),
-        "last_val_nll": run.history[-1]["val_loss"],
-        "params": model.num_params(),
+        "gpt_best_epoch": run.best["epoch"],
+        "gpt_params": model.num_params(),
         # throughput of the epochs run by this process (0 when all came from a checkpoint)
         "train_tokens_per_s": tokens_per_s,
+        "train_minutes": minutes(run.seconds),  # every epoch's training + validation, resumed ones included
+    }
+    described = {
+        "selection": "the saved model is the epoch with the lowest validation NLL",
+        "epochs": len(run.history),
+        "last_val_nll": run.history[-1]["val_loss"],
         "world_size": info.world,
         "device": str(info.device),
         "precision": precision,
         "compile": compile_mode or "none",
     }
+    return Results(metrics, described)
 
 
 def _flipped_tokens(path: Path, meta: tok.TokenMeta, train: tok.TokenSplit) -> torch.Tensor:

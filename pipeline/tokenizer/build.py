@@ -20,6 +20,7 @@ import numpy as np
 from pipeline.core.artifacts import open_h5
 from pipeline.core.errors import PipelineError
 from pipeline.core.plots import save_png, write_csv
+from pipeline.core.results import Results, minutes
 from pipeline.data.cifar10 import CLASSES
 from pipeline.features.files import SPLITS, FeatureLayout, check_features, layer_slices
 from pipeline.params import CodebookParams
@@ -105,14 +106,9 @@ def _write_files(p: CodebookParams, r: _Fit, tokens: Path, codebook: Path) -> No
     )
 
 
-def _metrics(p: CodebookParams, r: _Fit, counts: np.ndarray) -> dict:
+def _results(p: CodebookParams, r: _Fit, counts: np.ndarray) -> Results:
     test = r.assigned["test"]
-    return {
-        "k": p.k,
-        "codes_per_cell": p.codes_per_cell,
-        "tokens_per_image": r.layout.grid_h * r.layout.grid_w * p.codes_per_cell,
-        "feature_dim": r.layout.dim,
-        "n_fit": r.fit.n_fit,
+    metrics = {
         # of the sum of a cell's codes' centroids
         **{f"rel_quant_error_{s}": r.assigned[s][0].relative_error for s in SPLITS},
         # per extract layer, on test, unweighted: where the codes' error goes (docs/tokenizer_study.md)
@@ -121,10 +117,18 @@ def _metrics(p: CodebookParams, r: _Fit, counts: np.ndarray) -> dict:
         "pca_variance_kept": r.space.variance_kept,
         "perplexity": cb.perplexity(counts[: p.k]),  # of the first code
         "dead_codes": int((counts == 0).sum()),  # of all codes
-        "fit_seconds": round(r.fit_seconds, 2),
-        "assign_seconds": round(sum(a[0].seconds for a in r.assigned.values()), 2),
+        "kmeans_minutes": minutes(r.fit_seconds),
+        "assign_minutes": minutes(sum(a[0].seconds for a in r.assigned.values())),
+    }
+    info = {
+        "k": p.k,
+        "codes_per_cell": p.codes_per_cell,
+        "tokens_per_image": r.layout.grid_h * r.layout.grid_w * p.codes_per_cell,
+        "feature_dim": r.layout.dim,
+        "n_fit": r.fit.n_fit,
         "faiss_gpu": r.fit.gpu,
     }
+    return Results(metrics, info)
 
 
 def _write_usage_plot(counts: np.ndarray, metrics: dict, plots: Path) -> None:
@@ -137,13 +141,13 @@ def _write_usage_plot(counts: np.ndarray, metrics: dict, plots: Path) -> None:
     save_png(figure, plots / f"{USAGE_PLOT}.png")
 
 
-def build_tokenizer(p: CodebookParams, features: Path, tokens: Path, codebook: Path, plots: Path) -> dict:
+def build_tokenizer(p: CodebookParams, features: Path, tokens: Path, codebook: Path, plots: Path) -> Results:
     """The codebook stage: fit the codebook on the train features of `features` (an extract stage file), write
     it to `codebook`, every split's token grids to `tokens` and the code-usage plot under `plots`; returns the
-    stage's metrics."""
+    stage's results."""
     r = _fit(p, features)
     _write_files(p, r, tokens, codebook)
     counts = cb.code_counts(r.assigned["train"][0].tokens, len(r.centroids))
-    metrics = _metrics(p, r, counts)
-    _write_usage_plot(counts, metrics, plots)
-    return metrics
+    results = _results(p, r, counts)
+    _write_usage_plot(counts, results.metrics, plots)
+    return results

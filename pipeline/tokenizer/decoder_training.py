@@ -47,6 +47,7 @@ from pipeline.core.hashing import sha256_file
 from pipeline.core.images import tile_rows, to_float_nchw, write_png
 from pipeline.core.plots import write_csv
 from pipeline.core.progress import Eta
+from pipeline.core.results import Results, minutes
 from pipeline.core.runtime import adamw, grad_scaler
 from pipeline.core.schedule import lr_at
 from pipeline.core.training import Run, Selection, derive_seed, fit, resume, set_lr, train_step
@@ -438,9 +439,9 @@ class DecoderPaths:
 
 def run_decoder(
     p: DecoderParams, paths: DecoderPaths, device: torch.device, precision: str, *, code: str, slow_hint: str = ""
-) -> dict:
+) -> Results:
     """The decoder stage: train the inverse CNN (or build the palette decoder), write the decoder folder, the
-    per-epoch curve and the reconstructions grid; returns the validation metrics (metrics/decoder.json)."""
+    per-epoch curve and the reconstructions grid; returns the validation results (metrics/decoder.json)."""
     inputs = load_inputs(paths.tokens, paths.codebook, paths.features, paths.raw)
     extra = {"encoder": inputs.encoder, "layers": inputs.layers, "codebook_sha256": inputs.codebook_sha256}
     history, train_seconds, best_epoch = [], 0.0, 0
@@ -461,25 +462,27 @@ def run_decoder(
     t0 = time.perf_counter()
     token_decoder = load_token_decoder(paths.model_dir)
     reconstructions = token_decoder.decode(inputs.val_tokens, p.batch_size, device)
-    metrics = pixel_metrics(inputs.val_images, reconstructions)  # classifier scores: the reconstruct stage
+    # classifier scores and rFID: the reconstruct stage, on test
+    metrics = {f"val_{k}": v for k, v in pixel_metrics(inputs.val_images, reconstructions).items()}
     if history and "val_fid_inception" in history[0]:  # the kept epoch's, on the curve's CURVE_IMAGES val images
-        metrics["curve_fid_inception"] = history[best_epoch - 1]["val_fid_inception"]
-    metrics.update(
-        split="val",
-        kind=token_decoder.kind,
-        encoder=inputs.encoder,
-        tokens_per_image=int(inputs.val_tokens.shape[1]),
-        k=token_decoder.k,
-        n_images=len(reconstructions),
-        epochs=len(history),
-        best_epoch=best_epoch,
-        train_seconds=round(train_seconds, 1),
-        eval_seconds=round(time.perf_counter() - t0, 1),
-        device=str(device),
-        precision=precision,
-    )
+        metrics["val_curve_fid"] = history[best_epoch - 1]["val_fid_inception"]
+    metrics |= {"decoder_best_epoch": best_epoch, "decoder_minutes": minutes(train_seconds)}
+    info = {
+        "split": "val",
+        "n_images": len(reconstructions),
+        "curve_images": min(CURVE_IMAGES, len(inputs.val_images)),
+        "select": p.select,
+        "kind": token_decoder.kind,
+        "encoder": inputs.encoder,
+        "tokens_per_image": int(inputs.val_tokens.shape[1]),
+        "k": token_decoder.k,
+        "epochs": len(history),
+        "eval_minutes": minutes(time.perf_counter() - t0),
+        "device": str(device),
+        "precision": precision,
+    }
     write_png(reconstruction_grid(inputs.val_images, reconstructions), paths.grid_png)
-    return metrics
+    return Results(metrics, info)
 
 
 def reconstruction_grid(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from pipeline.core.results import Results, minutes
 from pipeline.core.runtime import resolve_device
 from pipeline.data import cifar10
 from pipeline.evaluation import inception
@@ -25,10 +26,10 @@ from pipeline.tokenizer.decoding import load_token_decoder
 
 def score_tokenizer(
     p: ReconstructParams, evaluator: str, tokens: Path, raw: Path, reference: Path, decoder_dir: Path
-) -> dict:
+) -> Results:
     """The reconstruct stage: the test tokens of `tokens` (aligned with the raw file's test images) decoded by
     the decoder in `decoder_dir` and scored against the originals, on the reference's test images (`reference`)
-    with the classifier `evaluator`; returns the stage's metrics."""
+    with the classifier `evaluator`; returns the stage's results."""
     device = resolve_device(p.device)
     t0 = time.perf_counter()
     meta = tok.read_meta(tokens)
@@ -39,17 +40,17 @@ def score_tokenizer(
     originals, labels = raw_test.images[idx], raw_test.labels[idx]
     decoder = load_token_decoder(decoder_dir)
     reconstructions = decoder.decode(test.tokens[idx].numpy(), p.batch_size, device)
-    metrics = {**pixel_metrics(originals, reconstructions), "evaluator": evaluator}
+    metrics = {f"test_{k}": v for k, v in pixel_metrics(originals, reconstructions).items()}
     evaluator_net, inception_net = load_evaluator(evaluator), inception.load_inception()
-    metrics.update(classifier_accuracy(evaluator_net, originals, reconstructions, labels, p.batch_size, device))
+    metrics |= classifier_accuracy(evaluator_net, originals, reconstructions, labels, p.batch_size, device)
     features = inception.inception_features(inception_net, reconstructions, p.batch_size, device, ref.precision)
-    metrics.update(
-        rfid_inception=fid_to(features, ref.test),
-        n_images=len(idx),
-        tokens_per_image=int(test.tokens.shape[1]),
-        kind=decoder.kind,
-        inception=description(ref, len(idx), "test"),
-        device=str(device),
-        seconds=round(time.perf_counter() - t0, 1),
-    )
-    return metrics
+    metrics |= {"rfid": fid_to(features, ref.test), "reconstruct_minutes": minutes(time.perf_counter() - t0)}
+    info = {
+        "n_images": len(idx),
+        "evaluator": evaluator,
+        "tokens_per_image": int(test.tokens.shape[1]),
+        "kind": decoder.kind,
+        "inception": description(ref, len(idx), "test"),
+        "device": str(device),
+    }
+    return Results(metrics, info)
