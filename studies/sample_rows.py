@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.images import tile_rows
-from pipeline.core.plots import save_png
+from pipeline.core.plots import labelled_rows_figure, save_png
 from pipeline.gpt.sampling import GAP, grid_rows, read_token_grids, sample_set_name
 from pipeline.paths import DECODER_DIR
 from pipeline.tokenizer.decoding import load_token_decoder
@@ -29,8 +29,6 @@ def main() -> None:
     ap.add_argument("--png", type=Path, required=True)
     ap.add_argument("--per-class", type=int, default=1)
     args = ap.parse_args()
-    from matplotlib.figure import Figure
-
     decoder = load_token_decoder(DECODER_DIR)
     rows, columns = [], N_CLASSES * args.per_class
     for run in args.runs:
@@ -41,15 +39,8 @@ def main() -> None:
             picked = np.concatenate(grid_rows(labels, True, N_CLASSES, args.per_class))
         rows.append(decoder.decode(tokens[picked]))
     image = tile_rows(rows, columns, GAP)
-    fig = Figure(figsize=(image.shape[1] / 50 + 2, image.shape[0] / 50))
-    ax = fig.add_subplot()
-    ax.imshow(image, interpolation="nearest")
-    tile = rows[0].shape[1] + GAP
-    ax.set_yticks([GAP + r * tile + tile / 2 for r in range(len(rows))], [sample_set_name(run) for run in args.runs])
-    ax.set_xticks([])
-    for side in ax.spines.values():
-        side.set_visible(False)
-    save_png(fig, args.png)
+    names = [sample_set_name(run) for run in args.runs]
+    save_png(labelled_rows_figure(image, rows[0].shape[1], names, GAP, extra_width=2), args.png)
     print(f"wrote {args.png}: {len(rows)} rows of {columns} samples")
 
 

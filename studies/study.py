@@ -75,8 +75,8 @@ class StudySpec(Spec):
     shared: list[str] = []  # `section.key=value` overrides of every run, after the preset
     variants: dict[str, list[str]] = Field(min_length=1)  # variant name (as `name`) -> its overrides
     seeds: Seeds
-    decide: list[str] = Field(min_length=1)  # validation metrics the study decides by
-    report: list[str] = []  # test metrics it only reports
+    decide: list[str] = Field(min_length=1)  # metrics the study decides by: validation split or train statistics
+    report: list[str] = []  # metrics it only reports (the test split's among them)
     curve: Curve | None = None
     samples: bool = True  # a row of samples per variant (the target must include the sample stage)
 
@@ -177,8 +177,9 @@ def markdown(spec: StudySpec, spec_path: Path, rows: list[dict], figures: list[P
     head = ["variant", "overrides", "seeds", *(f"{m} (decides)" for m in spec.decide), *spec.report]
     lines = [
         f"{spec.title}: {sum(r['seeds'] for r in rows)} runs, made by `python studies/study.py table {spec_path}` "
-        f"from the experiments of `python studies/study.py run {spec_path}`. Validation columns decide; test "
-        "columns only report. Values: mean (min-max) over the seeds.",
+        f"from the experiments of `python studies/study.py run {spec_path}`. The study decides by the columns "
+        "marked (decides): validation images or train statistics; the others only report (test images among them). "
+        "Values: mean (min-max) over the seeds.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
