@@ -3,12 +3,13 @@
 #                suit this machine: the CPU preset without a CUDA GPU, the GPU-sized default with one
 #                (repro.py says which and why); PRESET=cpu or PRESET=gpu picks one
 #   make test    create .venv, install requirements, run the test suite (ruff's lint and format check included)
+#   make compare the runs DVC holds (HEAD and its experiments) side by side, one column each, in 80 columns
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PRESET ?= auto
 
-.PHONY: repro test venv faiss-gpu
+.PHONY: repro test compare venv faiss-gpu
 
 venv: $(VENV)/.installed
 
@@ -27,6 +28,9 @@ repro: venv
 
 test: venv
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest -q
+
+compare: venv
+	PATH="$(abspath $(BIN)):$$PATH" python compare.py
 
 # GPU FAISS (optional, on a machine with an NVIDIA GPU): swaps faiss-cpu in .venv for faiss-gpu, which brings
 # the CUDA 12 runtime wheels it needs (1.4 GB installed). The codebook stage then fits and assigns on the GPU

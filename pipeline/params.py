@@ -376,27 +376,46 @@ def preset_words(args_file: str | Path = CHECKOUT_PRESET) -> list[str]:
 def preset_overrides(args_file: str | Path = CHECKOUT_PRESET) -> dict[str, dict]:
     """The `-S section.key=value` overrides of `args_file` as {section: {key: value}}, values parsed as
     YAML like `dvc exp run -S` parses them."""
-    words = preset_words(args_file)
+    return overrides_of(preset_words(args_file), str(args_file))
+
+
+def overrides_of(words: list[str], source: str) -> dict[str, dict]:
+    """`-S section.key=value` words (a preset's, a study's) as {section: {key: value}}; `source` names them in errors.
+    As in `dvc exp run -S`, a key may go deeper (`section.key.sub=value`) and `+` may mark a new one."""
     overrides: dict[str, dict] = {}
     for flag, override in zip(words[::2], words[1::2]):
-        key, sep, value = override.partition("=")
-        section, dot, name = key.partition(".")
-        if flag != "-S" or not sep or not dot or section not in Params.model_fields:
-            raise ParamsError(f"{args_file}: expected `-S section.key=value` pairs, got {flag!r} {override!r}")
-        overrides.setdefault(section, {})[name] = read_yaml(value)
+        key, sep, value = override.removeprefix("+").partition("=")
+        section, *path = key.split(".")
+        if flag != "-S" or not sep or not path or section not in Params.model_fields:
+            raise ParamsError(f"{source}: expected `-S section.key=value` pairs, got {flag!r} {override!r}")
+        node = overrides.setdefault(section, {})
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = read_yaml(value)
     if len(words) % 2:
-        raise ParamsError(f"{args_file}: `{words[-1]}` has no value; expected `-S section.key=value` pairs")
+        raise ParamsError(f"{source}: `{words[-1]}` has no value; expected `-S section.key=value` pairs")
     return overrides
 
 
-def apply_overrides(raw: dict, args_file: str | Path) -> dict:
-    """A copy of the params mapping `raw` with the overrides of `args_file` (`preset_overrides`) applied."""
+def apply_overrides(raw: dict, args_file: str | Path, words: list[str] | None = None) -> dict:
+    """A copy of the params mapping `raw` with the overrides of `args_file` (`preset_overrides`) applied, or
+    with those of `words` (`overrides_of`; `args_file` then only names them in errors)."""
     raw = copy.deepcopy(raw)
-    for section, values in preset_overrides(args_file).items():
+    overrides = preset_overrides(args_file) if words is None else overrides_of(words, str(args_file))
+    for section, values in overrides.items():
         if not isinstance(raw.get(section), dict):
             raise ParamsError(f"{args_file}: sets {section}.* but the params have no {section!r} section")
-        raw[section].update(values)
+        _merge(raw[section], values)
     return raw
+
+
+def _merge(target: dict, values: dict) -> None:
+    """Set every leaf of `values` in `target`, keeping the keys of `target`'s nested mappings it does not set."""
+    for key, value in values.items():
+        if isinstance(value, dict) and value and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
 
 
 def cpu_preset_differences(section: str, values: Section, args_file: str | Path = CHECKOUT_PRESET) -> list[str]:

@@ -117,9 +117,9 @@ def check_params(spec: StudySpec, spec_path: Path) -> None:
     raw = read_yaml(DEFAULT_PARAMS.read_text())
     for name, (variant, seed) in runs_of(spec).items():
         try:
-            parse_params(apply_overrides(raw, f"{spec_path} ({name})", overrides(spec, variant, seed)))
+            parse_params(apply_overrides(raw, spec_path, overrides(spec, variant, seed)), spec_path)
         except PipelineError as e:
-            raise PipelineError(f"{spec_path}, run {name}: {e}") from None
+            raise PipelineError(f"run {name}: {e}") from None
 
 
 def states() -> dict[str, str]:

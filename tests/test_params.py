@@ -188,3 +188,14 @@ def test_docs_tokenizer_study_rows_are_valid_params():
             functools.reduce(lambda mapping, key: mapping.setdefault(key, {}), path, raw)[name] = value
         held = parse_params(raw).model_dump()
         assert all(functools.reduce(dict.__getitem__, keys, held) == value for keys, value in overrides), row
+
+
+def test_overrides_reach_nested_keys_and_take_dvcs_plus_for_new_ones():
+    """`-S +codebook.layer_weights.stem=1.5` (DVC adds the key) sets one leaf and keeps the section's others."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    words = ["-S", "+codebook.layer_weights.stem=1.5", "-S", "codebook.k=64"]
+    changed = apply_overrides(raw, "study.yaml", words)
+    assert changed["codebook"]["layer_weights"] == {"stem": 1.5} and changed["codebook"]["k"] == 64
+    assert changed["codebook"]["niter"] == raw["codebook"]["niter"] and raw["codebook"]["layer_weights"] == {}
+    with pytest.raises(ParamsError, match="study.yaml: expected `-S section.key=value`"):
+        apply_overrides(raw, "study.yaml", ["-S", "nosuchsection.k=1"])

@@ -27,7 +27,7 @@ from pipeline.core.artifacts import open_h5, read_model_config, rerun
 from pipeline.core.atomic import atomic_path, write_bytes
 from pipeline.core.errors import PipelineError
 from pipeline.core.images import tile_rows
-from pipeline.core.plots import save_png
+from pipeline.core.plots import labelled_rows_figure, save_png
 from pipeline.core.runtime import resolve_device
 from pipeline.gpt.model import GPT, GPTConfig, guide, load_gpt, sample_logits, training_inputs
 from pipeline.params import SampleParams
@@ -232,18 +232,8 @@ def grid_figure(samples: Samples, columns: int = GRID_COLUMNS) -> Figure:
     n_rows = len(samples.classes) if samples.conditional else 10
     rows = grid_rows(samples.labels, samples.conditional, n_rows, columns)
     image = mosaic(samples.images, rows, columns)
-    fig = Figure(figsize=(image.shape[1] / 50, image.shape[0] / 50))
-    ax = fig.add_subplot()
-    ax.imshow(image, interpolation="nearest")
-    ax.set_xticks([])
-    tile = samples.images.shape[1] + GAP
-    if samples.conditional:
-        ax.set_yticks([GAP + r * tile + tile / 2 for r in range(len(rows))], samples.classes[: len(rows)])
-    else:
-        ax.set_yticks([])
-    for side in ax.spines.values():
-        side.set_visible(False)
-    return fig
+    names = list(samples.classes[: len(rows)]) if samples.conditional else None
+    return labelled_rows_figure(image, samples.images.shape[1], names, GAP)
 
 
 # ---- the sample stage ----
