@@ -94,6 +94,12 @@ def test_a_study_runs_through_the_queue_and_becomes_its_table(tiny_pipeline, tmp
     for png in ("tiny_curves.png", "tiny_samples.png"):
         assert (repo / "docs/studies" / png).read_bytes()[:4] == b"\x89PNG"
 
+    # dvc plots diff of two runs: the loss curves of both on one chart, their sample grids side by side
+    plots = json.loads(run(["dvc", "plots", "diff", "tiny-l1-s0", "tiny-l2-s0", "--json"], cwd=repo).stdout)["data"]
+    curve = next(v for k, v in plots.items() if k.startswith("GPT NLL per epoch"))
+    assert [p["revisions"] for p in curve] == [["tiny-l1-s0", "tiny-l2-s0"]]
+    assert [p["revisions"] for p in plots["plots/samples.png"]] == [["tiny-l1-s0"], ["tiny-l2-s0"]]
+
     table80 = run([sys.executable, "compare.py", "tiny-l1-s0", "tiny-l2-s0"], cwd=repo).stdout
     assert max(map(len, table80.splitlines())) <= 80
     assert "val NLL, bits/image" in table80 and "train.n_layer" in table80 and "tiny-l2-s0" in table80
