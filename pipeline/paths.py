@@ -17,3 +17,8 @@ INFO = Path("info")  # how each stage's numbers were made: device, precision, pr
 PLOTS = Path("plots")
 OUTPUT_ROOTS = (Path("data"), METRICS, INFO, PLOTS)  # every output lives under one of these
 REFERENCE = Path("data/reference/inception.h5")
+
+
+def results_paths(name: str) -> tuple[Path, Path]:
+    """metrics/<name>.json (numbers only) and info/<name>.json (how they were made): core/results.py."""
+    return METRICS / f"{name}.json", INFO / f"{name}.json"

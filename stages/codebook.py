@@ -7,7 +7,7 @@ With extract.encoder = pixels this is the classic demo's pixel-palette tokenizer
 import logging
 from pathlib import Path
 
-from pipeline.paths import CODEBOOK, FEATURES, PLOTS, TOKENS
+from pipeline.paths import CODEBOOK, FEATURES, PLOTS, TOKENS, results_paths
 from stages import PARAMS_OPTION, app
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ def codebook(params: Path = PARAMS_OPTION) -> None:
 
     p = load_params(params).codebook
     results = build_tokenizer(p, FEATURES, TOKENS, CODEBOOK, PLOTS)
-    written = write_results("codebook", results)
+    written = write_results(results, results_paths("codebook"))
     m = results.metrics
     log.info(
         "codebook: rel. error train %.4f val %.4f, first-code perplexity %.1f / %d, %d dead codes -> %s, %s, %s, %s",

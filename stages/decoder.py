@@ -19,6 +19,7 @@ from pipeline.paths import (
     RAW,
     REFERENCE,
     TOKENS,
+    results_paths,
 )
 from stages import PARAMS_OPTION, app
 
@@ -46,7 +47,7 @@ def decoder(params: Path = PARAMS_OPTION) -> None:
         TOKENS, CODEBOOK, FEATURES, RAW, REFERENCE, DECODER_DIR, DECODER_CHECKPOINTS, LOSS_CSV, GRID_PNG
     )
     results = run_decoder(p, paths, device, precision, code=code_sha256("decoder"), slow_hint=hint)
-    written = write_results("decoder", results)
+    written = write_results(results, results_paths("decoder"))
     m, info = results.metrics, results.info
     log.info(
         "decoder (%s, %d tokens/image, epoch %d of %d): val PSNR %.2f dB, SSIM %.3f -> %s, %s, %s",

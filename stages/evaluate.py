@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.paths import DECODER_DIR, GPT_DIR, PLOTS, RAW, REFERENCE, SAMPLES, TOKENS
+from pipeline.paths import DECODER_DIR, GPT_DIR, PLOTS, RAW, REFERENCE, SAMPLES, TOKENS, results_paths
 from stages import PARAMS_OPTION, app
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
     p = load_params(params).evaluate
     t0 = time.perf_counter()
     results = evaluate_generator(p, GPT_DIR, DECODER_DIR, TOKENS, RAW, REFERENCE, SAMPLES, CLASSES_CSV)
-    written = write_results("eval", results)
+    written = write_results(results, results_paths("eval"))
     m, info = results.metrics, results.info
     agreement = m.get("class_agreement")
     log.info(

@@ -10,7 +10,7 @@ test images). No GPT is involved, so a tokenizer study re-runs decoder and this 
 import logging
 from pathlib import Path
 
-from pipeline.paths import DECODER_DIR, RAW, REFERENCE, TOKENS
+from pipeline.paths import DECODER_DIR, RAW, REFERENCE, TOKENS, results_paths
 from stages import PARAMS_OPTION, app
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def reconstruct(params: Path = PARAMS_OPTION) -> None:
     all_params = load_params(params)
     p, evaluator = all_params.reconstruct, all_params.evaluate.evaluator
     results = score_tokenizer(p, evaluator, TOKENS, RAW, REFERENCE, DECODER_DIR)
-    written = write_results("reconstruct", results)
+    written = write_results(results, results_paths("reconstruct"))
     m, info = results.metrics, results.info
     log.info(
         "reconstruct (%d test images, %d tokens each): PSNR %.2f dB, SSIM %.3f, %s accuracy %.1f %% (originals "

@@ -9,7 +9,7 @@ how the statistics were made.
 import logging
 from pathlib import Path
 
-from pipeline.paths import RAW, REFERENCE
+from pipeline.paths import RAW, REFERENCE, results_paths
 from stages import PARAMS_OPTION, app
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def reference(params: Path = PARAMS_OPTION) -> None:
     from pipeline.params import load_params
 
     results = compute_reference(load_params(params).reference, RAW, REFERENCE)
-    written = write_results("reference", results)
+    written = write_results(results, results_paths("reference"))
     m, info = results.metrics, results.info
     log.info(
         "wrote %s: %d train and %d test images in %.1f min (%.1f images/s); FID test vs train %.3f -> %s, %s",

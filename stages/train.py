@@ -8,7 +8,7 @@ global batch).
 import logging
 from pathlib import Path
 
-from pipeline.paths import GPT_CHECKPOINTS, GPT_DIR, PLOTS, TOKENS
+from pipeline.paths import GPT_CHECKPOINTS, GPT_DIR, PLOTS, TOKENS, results_paths
 from stages import PARAMS_OPTION, app
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def train(params: Path = PARAMS_OPTION) -> None:
         hint = slow_cpu_hint("train", p, precision) if info.device.type == "cpu" else ""
         results = train_gpt(p, paths, info, precision=precision, code=code_sha256("train"), slow_hint=hint)
         if info.main:
-            written = write_results("train", results)
+            written = write_results(results, results_paths("train"))
             m = results.metrics
             log.info(
                 "saved epoch %d of %d (lowest validation NLL %.4f nats/token = %.1f bits/image) -> %s, %s, %s",

@@ -161,7 +161,8 @@ def test_two_codes_per_cell_quantise_the_first_codes_residual(workdir):
     sst = np.square(cells - cells.mean(axis=0)).sum()
     assert metrics["rel_quant_error_test"] == pytest.approx(np.square(cells - both).sum() / sst, rel=1e-3)
     assert metrics["rel_quant_error_test"] < metrics["rel_quant_error_test_first_code"] < 1
-    assert metrics["tokens_per_image"] == 32 and metrics["codes_per_cell"] == 2
+    info = json.loads((root / "info/codebook.json").read_text())
+    assert info["tokens_per_image"] == 32 and info["codes_per_cell"] == 2
     # the first code is the one-code codebook's: the same k-means on the same sample
     codebook_stage(params=write_params(k=8, codes_per_cell=1))
     with h5py.File(root / "data/tokens/tokens.h5") as f:

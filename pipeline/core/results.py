@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.core.atomic import write_json
-from pipeline.paths import INFO, METRICS
 
 
 def is_number(value: object) -> bool:
@@ -37,9 +36,8 @@ def minutes(seconds: float) -> float:
     return round(seconds / 60, 2)
 
 
-def write_results(stage: str, results: Results) -> tuple[Path, Path]:
-    """Write metrics/<stage>.json and info/<stage>.json atomically; returns both paths."""
-    paths = METRICS / f"{stage}.json", INFO / f"{stage}.json"
+def write_results(results: Results, paths: tuple[Path, Path]) -> tuple[Path, Path]:
+    """Write the metrics and the info file (`pipeline.paths.results_paths`) atomically; returns `paths`."""
     write_json(paths[0], results.metrics)
     write_json(paths[1], results.info)
     return paths
