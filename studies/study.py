@@ -10,7 +10,10 @@ go up to. Every run is one experiment named NAME-VARIANT-sSEED.
 `run` checks every run's params first (a bad override fails before anything is queued), queues each run that
 is not already finished or queued (`dvc exp run --queue -n NAME-VARIANT-sSEED TARGET -S ...`) and runs the
 queue (`dvc exp run --run-all`). A study that was stopped resumes where it stopped: finished runs are not
-queued again, and stages whose code, data and params DVC has already run come from its run cache.
+queued again. Queued runs start from HEAD: commit a finished run of the study's shared settings first (its
+params.yaml and dvc.lock), so that each run re-does only the stages its variant changes. Without that, each run
+trains the decoder and the GPT again: DVC restores other stages from its run cache, but not stages with a
+`persist` output (the training checkpoints).
 
 `table` reads the finished runs (what `dvc exp show` holds) and writes docs/studies/NAME.md and .csv (per
 variant: the runs, then mean and min-max over seeds of the validation columns that decide and of the test
@@ -135,6 +138,12 @@ def dvc(*args: str) -> None:
 
 def run(spec: StudySpec, spec_path: Path, jobs: int, queue_only: bool) -> None:
     check_params(spec, spec_path)
+    if subprocess.run(["git", "cat-file", "-e", "HEAD:dvc.lock"], capture_output=True).returncode != 0:
+        print(
+            "warning: HEAD has no dvc.lock, so every run trains the decoder and the GPT again (DVC's run cache does "
+            "not restore stages with persist outputs); commit a finished baseline run (params.yaml, dvc.lock) first",
+            file=sys.stderr,
+        )
     known = states()
     queued = 0
     for name, (variant, seed) in runs_of(spec).items():
