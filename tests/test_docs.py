@@ -24,7 +24,10 @@ SCRIPT = re.compile(r"\bpython3?\s+((?:\./)?[\w./-]+\.py)\b")
 MODULE = re.compile(r"\bpython3?\s+-m\s+([\w.]+)")
 STAGE = re.compile(r"-m\s+stages\s+([\w<>-]+)")
 # a path into the repository's own folders, in prose or code: `studies/score_samples.py`, `docs/gpu_study.csv`
-REPO_PATH = re.compile(r"(?<![\w/.-])((?:bench|studies|stages|pipeline|tests|docs|presets|notebooks)/[\w/.-]*\w)")
+# a repository path in prose or a command; link targets (after "](") are relative to their page: the link test
+REPO_PATH = re.compile(
+    r"(?<![\w/.-])(?<!\]\()((?:bench|studies|stages|pipeline|tests|docs|presets|notebooks)/[\w/.-]*\w)"
+)
 RUN_SCRIPT = re.compile(r"(?<![\w/.-])((?:bench|studies)/[\w/.-]+\.py)\b")  # a script run without `python`
 COMMAND_END = re.compile(r"[;|&#]")  # a shell separator or a comment ends a command's options
 OPTION = re.compile(r"(?<![\w-])--([a-zA-Z][\w-]*)")
