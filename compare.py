@@ -24,8 +24,8 @@ from pipeline.core.experiments import Experiment, formatted, read_experiments
 
 # (row label, metric name): the numbers of metrics/*.json that a comparison of two runs turns on
 QUANTITIES = [
-    ("val NLL, bits/image", "val_bits_per_image"),
-    ("test NLL, bits/image", "test_bits_per_image"),
+    ("val NLL bits/img", "val_bits_per_image"),
+    ("test NLL bits/img", "test_bits_per_image"),
     ("sample FID", "sample_fid"),
     ("  floor FID", "floor_fid"),
     ("sample KID", "sample_kid"),
@@ -33,7 +33,7 @@ QUANTITIES = [
     ("recall", "sample_recall"),
     ("class agreement", "class_agreement"),
     ("rFID", "rfid"),
-    ("val PSNR, dB", "val_psnr_db"),
+    ("val PSNR dB", "val_psnr_db"),
     ("decoder minutes", "decoder_minutes"),
     ("train minutes", "train_minutes"),
 ]
@@ -53,6 +53,11 @@ def fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "~"
 
 
+def fit_name(name: str, width: int) -> str:
+    """A run's name in `width` characters: its end, where names of one study differ (tiny-l1-s0, tiny-l2-s0)."""
+    return name if len(name) <= width else "~" + name[len(name) - width + 1 :]
+
+
 def table(runs: list[Experiment], width: int) -> str:
     """The transposed table: labels on the left, a column per run, blocks of as many runs as fit `width`."""
     rows = [
@@ -62,12 +67,14 @@ def table(runs: list[Experiment], width: int) -> str:
     params = changed_params(runs)
     rows += [(key, [shown(r.params.get(key)) for r in runs]) for key in params]
     label_w = max(len(label) for label, _ in rows) + 1
-    col_w = max(8, min(14, max(len(r.name) for r in runs) + 1))
+    col_w = max(len(r.name) for r in runs) + 1  # whole names when the runs fit, else narrower columns
+    if label_w + col_w * len(runs) > width:
+        col_w = max(12, min(col_w, (width - label_w) // len(runs)))
     per_block = max(1, (width - label_w) // col_w)
     out = []
     for start in range(0, len(runs), per_block):
         block = slice(start, start + per_block)
-        head = "".join(fit(r.name, col_w - 1).rjust(col_w) for r in runs[block])
+        head = "".join(fit_name(r.name, col_w - 1).rjust(col_w) for r in runs[block])
         out.append(" " * label_w + head)
         for i, (label, cells) in enumerate(rows):
             if i == len(QUANTITIES) and params:

@@ -102,7 +102,7 @@ def test_a_study_runs_through_the_queue_and_becomes_its_table(tiny_pipeline, tmp
 
     table80 = run([sys.executable, "compare.py", "tiny-l1-s0", "tiny-l2-s0"], cwd=repo).stdout
     assert max(map(len, table80.splitlines())) <= 80
-    assert "val NLL, bits/image" in table80 and "train.n_layer" in table80 and "tiny-l2-s0" in table80
+    assert "val NLL bits/img" in table80 and "train.n_layer" in table80 and "tiny-l2-s0" in table80
 
 
 def test_a_study_file_with_a_bad_override_fails_before_queueing(tiny_pipeline, tmp_path):
