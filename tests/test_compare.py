@@ -78,6 +78,8 @@ def test_a_study_runs_through_the_queue_and_becomes_its_table(tiny_pipeline, tmp
     run([sys.executable, "studies/study.py", "table", "studies/specs/tiny.yaml"], cwd=repo)
     shown = run([sys.executable, "compare.py", "--csv", *NAMES], cwd=repo).stdout
     runs = {r["experiment"]: r for r in csv.DictReader(shown.splitlines())}
+    dotted = {c for c in shown.splitlines()[0].split(",") if "." in c}
+    assert dotted == {"train.n_layer", "train.seed"}  # the differing params once each, none among the metrics
     assert sorted(runs) == NAMES and {runs[n]["train.n_layer"] for n in NAMES} == {"1", "2"}
     with open(repo / "docs/studies/tiny.csv") as f:
         table = {r["variant"]: r for r in csv.DictReader(f)}

@@ -10,11 +10,11 @@ The readable comparison (`compare.py`) and the study runner (`studies/study.py`)
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-PARAMS_FILE = "params.yaml"
+from pipeline.core.results import is_number
+
 # How the numbers people compare print (compare.py, the study tables); any other metric: 4 significant digits.
 FORMATS = {
     "val_bits_per_image": "{:.1f}",
@@ -48,24 +48,18 @@ class Experiment:
         return self.params != other.params or self.metrics != other.metrics
 
 
-def _columns(row: dict) -> tuple[dict, dict]:
-    """dvc.api.exp_show's flat row -> (params, metrics). DVC names a column `key`, or `file:key` when another
-    file has the same key; params are params.yaml's leaves, metrics every other file's."""
-    params, metrics = {}, {}
-    skip = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
+ROW_FIELDS = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}  # not a param or metric
+
+
+def _metrics(row: dict, params: dict) -> dict[str, float]:
+    """The metrics of dvc.api.exp_show's flat row: its numbers that are not params. DVC names a column `key`, or
+    `file:key` when another file has the same key; a param's key is dotted (`train.n_layer`), as in `params`."""
+    out = {}
     for column, value in row.items():
-        if column in skip or value is None or value == "":
-            continue
-        file, _, key = column.rpartition(":")
-        if file == PARAMS_FILE or (not file and not _is_metric_value(value)):
-            params[key] = value
-        elif _is_metric_value(value):
-            metrics[key] = float(value)
-    return params, metrics
-
-
-def _is_metric_value(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        key = column.rpartition(":")[2]
+        if column not in ROW_FIELDS and key not in params and is_number(value):
+            out[key] = float(value)
+    return out
 
 
 def _dotted_params(repo: Path | str, rev: str) -> dict[str, object]:
@@ -94,12 +88,11 @@ def read_experiments(repo: Path | str = ".", *, all_commits: bool = False) -> li
     for row in rows:
         if row.get("State") not in (None, "", "Success") and row.get("typ") not in ("baseline", "workspace"):
             continue
-        _, metrics = _columns(row)
-        if not metrics:
-            continue
         rev = row.get("rev") or "workspace"
-        name = row.get("Experiment") or rev
-        out.append(Experiment(name, rev, _dotted_params(repo, rev), metrics))
+        params = _dotted_params(repo, rev)
+        metrics = _metrics(row, params)
+        if metrics:
+            out.append(Experiment(row.get("Experiment") or rev, rev, params, metrics))
     if out and out[0].rev == "workspace" and any(not out[0].differs(other) for other in out[1:]):
         out = out[1:]  # the results of a run shown below (dvc exp run leaves them in the workspace)
     return out
