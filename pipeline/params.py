@@ -397,14 +397,17 @@ def overrides_of(words: list[str], source: str) -> dict[str, dict]:
     return overrides
 
 
-def apply_overrides(raw: dict, args_file: str | Path, words: list[str] | None = None) -> dict:
-    """A copy of the params mapping `raw` with the overrides of `args_file` (`preset_overrides`) applied, or
-    with those of `words` (`overrides_of`; `args_file` then only names them in errors)."""
+def apply_overrides(raw: dict, args_file: str | Path) -> dict:
+    """A copy of the params mapping `raw` with the overrides of `args_file` (`preset_overrides`) applied."""
+    return apply_words(raw, preset_words(args_file), str(args_file))
+
+
+def apply_words(raw: dict, words: list[str], source: str) -> dict:
+    """A copy of the params mapping `raw` with `-S` words (`overrides_of`) applied; `source` names them in errors."""
     raw = copy.deepcopy(raw)
-    overrides = preset_overrides(args_file) if words is None else overrides_of(words, str(args_file))
-    for section, values in overrides.items():
+    for section, values in overrides_of(words, source).items():
         if not isinstance(raw.get(section), dict):
-            raise ParamsError(f"{args_file}: sets {section}.* but the params have no {section!r} section")
+            raise ParamsError(f"{source}: sets {section}.* but the params have no {section!r} section")
         _merge(raw[section], values)
     return raw
 

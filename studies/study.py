@@ -45,7 +45,7 @@ from pipeline.core.experiments import Experiment, formatted, read_csv_rows, read
 from pipeline.core.images import tile_rows
 from pipeline.core.plots import labelled_rows_figure, save_png, write_csv
 from pipeline.gpt.sampling import GAP, grid_rows, read_samples
-from pipeline.params import DEFAULT_PARAMS, apply_overrides, parse_params, preset_words, read_yaml
+from pipeline.params import DEFAULT_PARAMS, apply_words, parse_params, preset_words, read_yaml
 
 OUT = Path("docs/studies")
 SAMPLES = "data/samples/samples.h5"
@@ -120,7 +120,7 @@ def check_params(spec: StudySpec, spec_path: Path) -> None:
     raw = read_yaml(DEFAULT_PARAMS.read_text())
     for name, (variant, seed) in runs_of(spec).items():
         try:
-            parse_params(apply_overrides(raw, spec_path, overrides(spec, variant, seed)), spec_path)
+            parse_params(apply_words(raw, overrides(spec, variant, seed), str(spec_path)), spec_path)
         except PipelineError as e:
             raise PipelineError(f"run {name}: {e}") from None
 

@@ -16,6 +16,7 @@ from pipeline.params import (
     ParamsError,
     TrainParams,
     apply_overrides,
+    apply_words,
     cpu_preset_differences,
     load_params,
     parse_params,
@@ -194,8 +195,8 @@ def test_overrides_reach_nested_keys_and_take_dvcs_plus_for_new_ones():
     """`-S +codebook.layer_weights.stem=1.5` (DVC adds the key) sets one leaf and keeps the section's others."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     words = ["-S", "+codebook.layer_weights.stem=1.5", "-S", "codebook.k=64"]
-    changed = apply_overrides(raw, "study.yaml", words)
+    changed = apply_words(raw, words, "study.yaml")
     assert changed["codebook"]["layer_weights"] == {"stem": 1.5} and changed["codebook"]["k"] == 64
     assert changed["codebook"]["niter"] == raw["codebook"]["niter"] and raw["codebook"]["layer_weights"] == {}
     with pytest.raises(ParamsError, match="study.yaml: expected `-S section.key=value`"):
-        apply_overrides(raw, "study.yaml", ["-S", "nosuchsection.k=1"])
+        apply_words(raw, ["-S", "nosuchsection.k=1"], "study.yaml")
