@@ -20,7 +20,7 @@ from pathlib import Path
 from pipeline.core.atomic import remove_stale_temps_under
 from pipeline.core.dvc_lock import lock_problem, set_aside_damaged_lock
 from pipeline.data.cifar10 import source_changed
-from pipeline.params import CPU_PRESET, DEFAULT_PARAMS, preset_words, read_yaml
+from pipeline.params import CPU_PRESET, DEFAULT_PARAMS, load_cpu_preset, load_params, preset_words, read_yaml
 from pipeline.paths import OUTPUT_ROOTS, RAW
 
 ROOT = Path(__file__).resolve().parent  # the checkout
@@ -51,7 +51,7 @@ def announce(p: Plan) -> str:
     other = "gpu" if p.preset == "cpu" else "cpu"
     if p.preset == "cpu":
         what = (
-            f"the CPU preset ({CPU_PRESET}: a smaller decoder and GPT, about 20-40 min on 2 cores), applied with "
+            f"the CPU preset ({CPU_PRESET}: a smaller decoder and GPT, sized for 2 cores), applied with "
             f"`dvc exp run -S ...`: params.yaml and dvc.lock then hold exactly the params that made the outputs"
         )
     else:
@@ -72,8 +72,14 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    p = plan(args.preset, torch.cuda.is_available())
+    cuda = torch.cuda.is_available()
+    p = plan(args.preset, cuda)
     print(announce(p), flush=True)
+    if not cuda:  # what a CPU user is in for, before the first stage starts
+        from pipeline.projection import describe, project
+
+        params = load_cpu_preset(ROOT / DEFAULT_PARAMS) if p.preset == "cpu" else load_params(ROOT / DEFAULT_PARAMS)
+        print(f"  {describe(*project(params))}", flush=True)
     if p.preset == "gpu" and params_edited():
         print(
             f"  note: {DEFAULT_PARAMS} differs from the committed one (an earlier CPU-preset run writes its values "

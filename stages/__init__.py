@@ -5,15 +5,9 @@ listing the stages (`--help`) then loads none of them, and each stage loads only
 """
 
 import logging
-import os
+from pathlib import Path
 
-# FAISS's OpenMP threads busy-wait by default and starve torch's on a small CPU (bench/bench_kmeans.py);
-# this only works if set before torch or faiss load libgomp, hence here, first.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from pathlib import Path  # noqa: E402
-
-from pipeline.core.errors import quiet_write_failure_reports  # noqa: E402
+from pipeline.core.errors import quiet_write_failure_reports  # first: pipeline/__init__.py sets OMP_WAIT_POLICY
 
 quiet_write_failure_reports()  # before typer captures sys.excepthook
 
