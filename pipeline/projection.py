@@ -90,7 +90,7 @@ def _random_inception() -> torch.nn.Module:
 
 
 class Probe:
-    """The timed probes for params `p`, each returning its stage's projected seconds."""
+    """The timed probes for params `p`: each method times one stage's work and returns its StageTime."""
 
     def __init__(self, p: Params):
         self.p = p
@@ -100,6 +100,7 @@ class Probe:
         with torch.no_grad():
             self.dim = grid_features(self.encoder, torch.zeros(1, 3, 32, 32), self.spec).shape[-1]
         self._inception_rate: float | None = None
+        self.nll_per_image = 0.0  # the GPT's likelihood pass, timed by train()
 
     def inception_per_s(self) -> float:
         if self._inception_rate is None:
@@ -180,6 +181,8 @@ class Probe:
 
     def decoder(self) -> StageTime:
         p, k, grid = self.p.decoder, self.p.codebook.k, self.p.extract.grid
+        if self.p.extract.encoder == "pixels" and self.dim == 3:  # DecoderInputs.is_palette: nothing to train
+            return StageTime("decoder", 0.0, "the palette decoder: a colour lookup, no training")
         precision = resolve_precision(p.precision, CPU, "decoder.precision")
         config = DecoderConfig(
             in_channels=self.dim, grid=grid, k=k, channels=p.channels, res_blocks=p.res_blocks, codes_per_cell=1
@@ -236,8 +239,9 @@ class Probe:
         step_s = timed_seconds(step, 5)
         steps = self.sizes["train"] // tr.batch_size * tr.epochs  # flips replace images, they add no steps
         split = TokenSplit(codes, torch.arange(tr.batch_size) % 10)
-        nll = timed_seconds(lambda: mean_nll(model, split, 2 * tr.batch_size, CPU, precision), 1) / tr.batch_size
-        validation = nll * self.sizes["val"] * tr.epochs
+        self.nll_per_image = timed_seconds(lambda: mean_nll(model, split, 2 * tr.batch_size, CPU, precision), 1)
+        self.nll_per_image /= tr.batch_size
+        validation = self.nll_per_image * self.sizes["val"] * tr.epochs
         return StageTime(
             "train",
             steps * step_s + validation,
@@ -282,7 +286,11 @@ class Probe:
             self.inception_stage("reconstruct", n_rec * (rec_decode + 2 * classify_s), ", decoding, ResNet-56"),
             self.train(),
             self.sample(),
-            self.inception_stage("evaluate", p.evaluate.n_samples * classify_s, ", ResNet-56"),
+            self.inception_stage(
+                "evaluate",
+                p.evaluate.n_samples * classify_s + self.sizes["test"] * self.nll_per_image,
+                ", ResNet-56, the test NLL",
+            ),
         ]
 
 
