@@ -17,30 +17,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
 
-from pipeline.core.runtime import describe_cpu
+from pipeline.core.runtime import PROBE_SIZE, describe_cpu, matmul_seconds
 from pipeline.params import CHECKOUT_PRESET, apply_overrides, apply_words, parse_params, read_yaml
 from pipeline.projection import project
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 512, repeats: int = 5) -> float:
+def matmul_gflops(dtype: torch.dtype) -> float:
+    """GFLOP/s of `precision: auto`'s probe (a PROBE_SIZE-square matrix product) on one thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    torch.set_num_threads(threads)
-    return 2 * n**3 / best / 1e9
+    try:
+        return 2 * PROBE_SIZE**3 / matmul_seconds(torch.device("cpu"), dtype) / 1e9
+    finally:
+        torch.set_num_threads(threads)
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ then multiplied by what the params ask for: steps x seconds per step, images / i
 get random weights (speed does not depend on them), so nothing is downloaded and no stage's output is needed.
 
 What is not projected: process start-up and DVC's own work between stages other than hashing the feature file,
-reading and writing HDF5 files other than extract's, and a stage's time on a GPU (the probes run on the CPU only).
+reading and writing HDF5 files other than extract's, the decoder's adversarial term and torch.compile (the probes
+time the plain loss, eagerly), and a stage's time on a GPU (the probes run on the CPU only).
 `make repro` prints the projection before it starts; `bench/bench_cpu_preset.py` prints it stage by stage.
 """
 
@@ -56,17 +57,22 @@ class StageTime:
     basis: str  # what was timed and how it was scaled, for the log
 
 
-def timed_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
+def timed_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, budget: float = 5.0) -> float:
     """The median of `repeats` wall-clock calls of `fn` after `warmup` calls (the first pays for kernel choice):
-    the fastest call would project a shared or throttled CPU's best moment, not a stage's sustained pace."""
-    for _ in range(warmup):
-        fn()
-    seconds = []
-    for _ in range(repeats):
+    the fastest call would project a shared or throttled CPU's best moment, not a stage's sustained pace. Once the
+    calls so far took `budget` seconds no more are made: a step that slow (the GPU default's GPT on a CPU) is timed
+    by the calls already made, the warm-up's if no other."""
+    seconds, spent = [], 0.0
+    for call in range(warmup + repeats):
         t = time.perf_counter()
         fn()
-        seconds.append(time.perf_counter() - t)
-    return float(np.median(seconds))
+        elapsed = time.perf_counter() - t
+        spent += elapsed
+        if call >= warmup:
+            seconds.append(elapsed)
+        if spent >= budget:
+            break
+    return float(np.median(seconds or [elapsed]))
 
 
 def split_sizes(p: Params) -> dict[str, int]:
@@ -100,7 +106,7 @@ class Probe:
         with torch.no_grad():
             self.dim = grid_features(self.encoder, torch.zeros(1, 3, 32, 32), self.spec).shape[-1]
         self._inception_rate: float | None = None
-        self.nll_per_image = 0.0  # the GPT's likelihood pass, timed by train()
+        self._nll_per_image: float | None = None
 
     def inception_per_s(self) -> float:
         if self._inception_rate is None:
@@ -184,10 +190,7 @@ class Probe:
         if self.p.extract.encoder == "pixels" and self.dim == 3:  # DecoderInputs.is_palette: nothing to train
             return StageTime("decoder", 0.0, "the palette decoder: a colour lookup, no training")
         precision = resolve_precision(p.precision, CPU, "decoder.precision")
-        config = DecoderConfig(
-            in_channels=self.dim, grid=grid, k=k, channels=p.channels, res_blocks=p.res_blocks, codes_per_cell=1
-        )
-        model = InverseCNN(config, torch.randn(k, self.dim))
+        model = self._decoder_model()
         feature_loss = dt.FeatureLoss(dt.GridFeatures(self.encoder, self.spec), None, None)
         loss_fn = dt.training_loss(p, feature_loss)
         optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr)
@@ -209,6 +212,12 @@ class Probe:
             f"{step_s:.3f} s/step x {steps:,} steps ({precision}), {decoded:,} images decoded",
         )
 
+    def _decoder_model(self) -> InverseCNN:
+        """The decoder.* inverse CNN on random centroids of the feature grid's width."""
+        p, k = self.p.decoder, self.p.codebook.k
+        config = DecoderConfig(self.dim, self.p.extract.grid, k, p.channels, p.res_blocks)
+        return InverseCNN(config, torch.randn(k, self.dim))
+
     def _decode_per_image(self, model: InverseCNN, batch: int, precision: str) -> float:
         decoder = TokenDecoder("cnn", model.config.grid, model.config.k, model=model)
         tokens = np.random.default_rng(0).integers(0, model.config.k, (PROBE_IMAGES, model.config.grid**2))
@@ -225,23 +234,35 @@ class Probe:
         cfg = model_config(tr, meta)
         return GPT(cfg), cfg, resolve_precision(tr.precision, CPU, "train.precision")
 
+    def _batch(self, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch of random codes: (codes, the GPT's inputs with their class tokens)."""
+        batch = self.p.train.batch_size
+        codes = torch.randint(0, cfg.k, (batch, cfg.block_size))
+        return codes, training_inputs(codes, cfg.prefix(torch.arange(batch) % 10, batch, CPU))
+
+    def nll_per_image(self) -> float:
+        """Seconds of the GPT's likelihood pass per image (train's validation, evaluate's test NLL)."""
+        if self._nll_per_image is None:
+            tr = self.p.train
+            model, cfg, precision = self._gpt()
+            split = TokenSplit(self._batch(cfg)[0], torch.arange(tr.batch_size) % 10)
+            seconds = timed_seconds(lambda: mean_nll(model, split, 2 * tr.batch_size, CPU, precision), 1)
+            self._nll_per_image = seconds / tr.batch_size
+        return self._nll_per_image
+
     def train(self) -> StageTime:
         tr = self.p.train
         model, cfg, precision = self._gpt()
         model.train()
         optimizer = torch.optim.AdamW(model.param_groups(tr.weight_decay), lr=tr.lr, betas=(tr.beta1, tr.beta2))
         scaler = grad_scaler(CPU, precision)
-        codes = torch.randint(0, cfg.k, (tr.batch_size, cfg.block_size))
-        inputs = training_inputs(codes, cfg.prefix(torch.arange(tr.batch_size) % 10, tr.batch_size, CPU))
+        codes, inputs = self._batch(cfg)
         step = lambda: train_step(  # noqa: E731
             lambda x, y: model(x, y)[1], (inputs, codes), optimizer, scaler, CPU, precision, tr.grad_clip
         )
         step_s = timed_seconds(step, 5)
         steps = self.sizes["train"] // tr.batch_size * tr.epochs  # flips replace images, they add no steps
-        split = TokenSplit(codes, torch.arange(tr.batch_size) % 10)
-        self.nll_per_image = timed_seconds(lambda: mean_nll(model, split, 2 * tr.batch_size, CPU, precision), 1)
-        self.nll_per_image /= tr.batch_size
-        validation = self.nll_per_image * self.sizes["val"] * tr.epochs
+        validation = self.nll_per_image() * self.sizes["val"] * tr.epochs
         return StageTime(
             "train",
             steps * step_s + validation,
@@ -270,14 +291,7 @@ class Probe:
         classify_s = self._classify_per_image()
         n_rec = self.reconstructed()
         decoder = self.decoder()
-        rec_decode = self._decode_per_image(
-            InverseCNN(
-                DecoderConfig(self.dim, p.extract.grid, p.codebook.k, p.decoder.channels, p.decoder.res_blocks),
-                torch.randn(p.codebook.k, self.dim),
-            ),
-            p.reconstruct.batch_size,
-            "fp32",
-        )
+        rec_decode = self._decode_per_image(self._decoder_model(), p.reconstruct.batch_size, "fp32")  # as scoring.py
         return [
             self.inception_stage("reference"),
             self.extract(),
@@ -288,7 +302,7 @@ class Probe:
             self.sample(),
             self.inception_stage(
                 "evaluate",
-                p.evaluate.n_samples * classify_s + self.sizes["test"] * self.nll_per_image,
+                p.evaluate.n_samples * classify_s + self.sizes["test"] * self.nll_per_image(),
                 ", ResNet-56, the test NLL",
             ),
         ]
