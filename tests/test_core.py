@@ -132,7 +132,7 @@ def test_auto_on_a_cpu_takes_bf16_only_where_it_measures_faster(monkeypatch, cap
 
 def test_the_cpu_precision_probe_runs_once_per_process(monkeypatch):
     timed = []
-    monkeypatch.setattr(runtime, "matmul_seconds", lambda device, dtype: timed.append(dtype) or 1.0)
+    monkeypatch.setattr(runtime, "_matmul_seconds", lambda device, dtype: timed.append(dtype) or 1.0)
     runtime.cpu_speedup.cache_clear()
     try:
         assert runtime.cpu_speedup("bf16") == runtime.cpu_speedup("bf16") == 1.0

@@ -55,7 +55,7 @@ def cpu_speedup(precision: str) -> float:
     """How many times faster a PROBE_SIZE matrix product runs in `precision` than in fp32 on this CPU, with
     its threads as they are: measured once per process (about 0.1 s where `precision` is slow)."""
     cpu = torch.device("cpu")
-    return matmul_seconds(cpu, torch.float32) / max(matmul_seconds(cpu, DTYPES[precision]), 1e-9)
+    return _matmul_seconds(cpu, torch.float32) / max(_matmul_seconds(cpu, DTYPES[precision]), 1e-9)
 
 
 def native(device: torch.device, precision: str) -> bool:
@@ -77,8 +77,7 @@ def describe_cpu() -> str:
     return f"{torch.backends.cpu.get_cpu_capability()} CPU, {bf16}, {torch.get_num_threads()} threads"
 
 
-def matmul_seconds(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
-    """The fastest of `repeats` PROBE_SIZE-square matrix products in `dtype` on `device` (the precision probe)."""
+def _matmul_seconds(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
     a = torch.randn(PROBE_SIZE, PROBE_SIZE, device=device).to(dtype)
     best = float("inf")
     for _ in range(repeats + 1):  # the first call pays for kernel selection
@@ -97,7 +96,7 @@ def emulation_slowdown(device: torch.device, precision: str) -> float:
     the once-per-process probe that `native` uses)."""
     if device.type == "cpu":
         return 1.0 / cpu_speedup(precision)
-    return matmul_seconds(device, DTYPES[precision]) / max(matmul_seconds(device, torch.float32), 1e-9)
+    return _matmul_seconds(device, DTYPES[precision]) / max(_matmul_seconds(device, torch.float32), 1e-9)
 
 
 def resolve_precision(requested: str, device: torch.device, param: str) -> str:
