@@ -195,6 +195,14 @@ def test_two_gloo_processes_match_single_process(tmp_path, tokens_h5, variant):
     assert ddp_m["val_nll"] == pytest.approx(single_m["val_nll"], rel=1e-4)
 
 
+def test_every_rank_draws_its_own_dropout_stream():
+    # Rank 0 keeps the single-process stream; no rank's stream is another rank's or the label-drop/mirror one.
+    ranks = [training.dropout_stream(r) for r in range(64)]
+    assert ranks[0] == training.DROPOUT_STREAM
+    others = {training.LABEL_DROP_STREAM, training.MIRROR_STREAM}
+    assert len(set(ranks)) == len(ranks) and not others & set(ranks)
+
+
 def test_bad_token_files_are_clear_errors(tmp_path):
     with pytest.raises(PipelineError, match="not found"):
         tok.read_meta(tmp_path / "missing.h5")

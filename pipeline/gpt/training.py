@@ -56,7 +56,13 @@ log = logging.getLogger(__name__)
 POSTFIX_EVERY = 10  # loss.item() synchronises a GPU: read it only now and then
 SELECTION = Selection("val_loss", higher_is_better=False)  # the saved model: the lowest validation NLL
 # derive_seed streams of an epoch's draws (kept from before the shared skeleton: same runs, same numbers)
-LABEL_DROP_STREAM, DROPOUT_STREAM, MIRROR_STREAM = 0, 1, 2  # dropout: DROPOUT_STREAM + rank
+LABEL_DROP_STREAM, DROPOUT_STREAM, MIRROR_STREAM = 0, 1, 2
+N_STREAMS = 3
+
+
+def dropout_stream(rank: int) -> int:
+    """Rank r's dropout stream: 1, 4, 7, ... (rank 0 keeps stream 1; no rank shares a stream with the others)."""
+    return DROPOUT_STREAM + N_STREAMS * rank
 
 
 @dataclass(frozen=True)
@@ -209,7 +215,7 @@ def train(
             return net(inputs, codes)[1]
 
         def train_epoch(epoch: int) -> dict:
-            torch.manual_seed(derive_seed(p.seed, epoch, DROPOUT_STREAM + info.rank))  # per rank
+            torch.manual_seed(derive_seed(p.seed, epoch, dropout_stream(info.rank)))
             seed = derive_seed(p.seed, epoch, LABEL_DROP_STREAM)
             drop = torch.rand(len(train_codes), generator=torch.Generator().manual_seed(seed))
             drop = (drop < p.label_dropout).to(info.device)  # per sequence, so it does not depend on the rank split
