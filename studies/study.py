@@ -18,13 +18,15 @@ trains the decoder and the GPT again: DVC restores other stages from its run cac
 `table` reads the finished runs (what `dvc exp show` holds) and writes docs/studies/NAME.md and .csv (per
 variant: the runs, then mean and min-max over seeds of the validation columns that decide and of the test
 columns that only report), NAME_curves.png (the per-epoch curve of every run) and NAME_samples.png (a row of
-samples per variant, from its first seed), and puts the Markdown into the study's page between the lines
+samples per variant, from its first seed), NAME_figures.png (the spec's `figure`, e.g. a decoder's
+reconstructions, per variant), and puts the Markdown into the study's page between the lines
 `<!-- study:NAME -->` and `<!-- /study:NAME -->`.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import subprocess
@@ -36,6 +38,7 @@ from statistics import mean
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
+from matplotlib.image import imread
 from matplotlib.ticker import MaxNLocator
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -82,6 +85,7 @@ class StudySpec(Spec):
     report: list[str] = []  # metrics it only reports (the test split's among them)
     curve: Curve | None = None
     samples: bool = True  # a row of samples per variant (the target must include the sample stage)
+    figure: str | None = None  # a PNG every run writes (e.g. plots/reconstructions.png), shown once per variant
 
 
 def load_spec(path: Path) -> StudySpec:
@@ -248,6 +252,24 @@ def samples_png(spec: StudySpec, runs: dict[str, Experiment], target: Path) -> N
     save_png(labelled_rows_figure(image, rows[0].shape[1], names, GAP, extra_width=2), target)
 
 
+def figures_png(spec: StudySpec, runs: dict[str, Experiment], target: Path) -> None:
+    """The spec's figure of each variant's first finished seed, one above the other, each titled by its variant."""
+    shown = []
+    for variant in spec.variants:
+        done = [run_name(spec, variant, s) for s in spec.seeds.values if run_name(spec, variant, s) in runs]
+        if done:
+            png = imread(io.BytesIO(read_file(".", spec.figure, runs[done[0]].rev)), format="png")
+            shown.append((f"{variant} (s{runs_of(spec)[done[0]][1]})", png))
+    height, width = shown[0][1].shape[:2]
+    fig = Figure(figsize=(width / 50, len(shown) * (height / 50 + 0.3)))
+    for i, (label, png) in enumerate(shown):
+        ax = fig.add_subplot(len(shown), 1, i + 1)
+        ax.imshow(png, interpolation="nearest")
+        ax.set_title(label, fontsize=9, loc="left")
+        ax.set_axis_off()
+    save_png(fig, target)
+
+
 def put_in_page(page: Path, name: str, text: str) -> None:
     start, end = f"<!-- study:{name} -->", f"<!-- /study:{name} -->"
     doc = page.read_text()
@@ -272,6 +294,9 @@ def table(spec: StudySpec, spec_path: Path, all_commits: bool) -> None:
     if spec.samples:
         figures.append(OUT / f"{spec.name}_samples.png")
         samples_png(spec, runs, figures[-1])
+    if spec.figure:
+        figures.append(OUT / f"{spec.name}_figures.png")
+        figures_png(spec, runs, figures[-1])
     note = f"\nNot finished (left out): {', '.join(missing)}.\n" if missing else ""
     text = markdown(spec, spec_path, rows, figures, OUT) + note
     write_bytes(OUT / f"{spec.name}.md", text.encode())

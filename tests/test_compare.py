@@ -2,7 +2,7 @@
 
 The tiny study (two variants x two seeds of the tiny profile's GPT) runs for real: `studies/study.py run`
 queues four `dvc exp run`s and runs the queue; `table` turns the finished experiments into the Markdown and
-CSV table, the curves and the sample rows; a second `run` queues nothing.
+CSV table, the curves, the sample rows and a figure per variant; a second `run` queues nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from statistics import mean
 
 import pytest
 import yaml
-from conftest import copy_run, run
+from conftest import REPO, copy_run, run
 
 from pipeline.core.results import Results, is_number
 
@@ -31,6 +31,7 @@ STUDY = {
     "decide": ["val_bits_per_image"],
     "report": ["test_bits_per_image", "sample_fid"],
     "curve": {"file": "plots/train_loss.csv", "x": "epoch", "y": "val_loss", "label": "validation NLL"},
+    "figure": "plots/reconstructions.png",
 }
 NAMES = ["tiny-l1-s0", "tiny-l1-s1", "tiny-l2-s0", "tiny-l2-s1"]
 
@@ -93,7 +94,7 @@ def test_a_study_runs_through_the_queue_and_becomes_its_table(tiny_pipeline, tmp
     page = (repo / "docs/tiny_study.md").read_text()
     assert "old" not in page and "| l2 | `train.n_layer=2` | 2 |" in page and page.endswith("after\n")
     assert "](studies/tiny_curves.png)" in page and "](tiny_curves.png)" in markdown
-    for png in ("tiny_curves.png", "tiny_samples.png"):
+    for png in ("tiny_curves.png", "tiny_samples.png", "tiny_figures.png"):
         assert (repo / "docs/studies" / png).read_bytes()[:4] == b"\x89PNG"
 
     # dvc plots diff of two runs: the loss curves of both on one chart, their sample grids side by side
@@ -105,6 +106,19 @@ def test_a_study_runs_through_the_queue_and_becomes_its_table(tiny_pipeline, tmp
     table80 = run([sys.executable, "compare.py", "tiny-l1-s0", "tiny-l2-s0"], cwd=repo).stdout
     assert max(map(len, table80.splitlines())) <= 80
     assert "val NLL bits/img" in table80 and "train.n_layer" in table80 and "tiny-l2-s0" in table80
+
+
+def test_every_study_file_is_valid_and_its_page_holds_its_block(monkeypatch):
+    monkeypatch.chdir(REPO)  # specs name their preset and page from the project root
+    monkeypatch.syspath_prepend(str(REPO / "studies"))
+    import study
+
+    specs = sorted((REPO / "studies/specs").glob("*.yaml"))
+    assert specs
+    for path in specs:
+        spec = study.load_spec(path)
+        study.check_params(spec, path)  # every run's overrides name real params with valid values
+        assert spec.page and f"<!-- study:{spec.name} -->" in Path(spec.page).read_text(), path
 
 
 def test_a_study_file_with_a_bad_override_fails_before_queueing(tiny_pipeline, tmp_path):
