@@ -233,33 +233,38 @@ def curves_png(spec: StudySpec, runs: dict[str, Experiment], target: Path) -> No
     save_png(fig, target)
 
 
+def first_seeds(spec: StudySpec, runs: dict[str, Experiment]) -> list[tuple[str, Experiment]]:
+    """Per variant with a finished run: a label "VARIANT (sSEED)" and the run of its first finished seed."""
+    firsts = []
+    for variant in spec.variants:
+        done = [s for s in spec.seeds.values if run_name(spec, variant, s) in runs]
+        if done:
+            firsts.append((f"{variant} (s{done[0]})", runs[run_name(spec, variant, done[0])]))
+    return firsts
+
+
 def samples_png(spec: StudySpec, runs: dict[str, Experiment], target: Path) -> None:
     """A row per variant: the first sample of every class of its first finished seed (unconditional: the first
     ten samples). Every run samples with the same sample.seed, so rows differ by the variant and the seed."""
     rows, names = [], []
-    for variant in spec.variants:
-        done = [run_name(spec, variant, s) for s in spec.seeds.values if run_name(spec, variant, s) in runs]
-        if not done:
-            continue
+    for label, run in first_seeds(spec, runs):
         with tempfile.NamedTemporaryFile(suffix=".h5") as tmp:
-            tmp.write(read_file(".", SAMPLES, runs[done[0]].rev))
+            tmp.write(read_file(".", SAMPLES, run.rev))
             tmp.flush()
             s = read_samples(tmp.name)
         picked = np.concatenate(grid_rows(s.labels, s.conditional, N_CLASSES, 1))[:N_CLASSES]
         rows.append(s.images[picked])
-        names.append(f"{variant} (s{runs_of(spec)[done[0]][1]})")
+        names.append(label)
     image = tile_rows(rows, N_CLASSES, GAP)
     save_png(labelled_rows_figure(image, rows[0].shape[1], names, GAP, extra_width=2), target)
 
 
 def figures_png(spec: StudySpec, runs: dict[str, Experiment], target: Path) -> None:
     """The spec's figure of each variant's first finished seed, one above the other, each titled by its variant."""
-    shown = []
-    for variant in spec.variants:
-        done = [run_name(spec, variant, s) for s in spec.seeds.values if run_name(spec, variant, s) in runs]
-        if done:
-            png = imread(io.BytesIO(read_file(".", spec.figure, runs[done[0]].rev)), format="png")
-            shown.append((f"{variant} (s{runs_of(spec)[done[0]][1]})", png))
+    shown = [
+        (label, imread(io.BytesIO(read_file(".", spec.figure, run.rev)), format="png"))
+        for label, run in first_seeds(spec, runs)
+    ]
     height, width = shown[0][1].shape[:2]
     fig = Figure(figsize=(width / 50, len(shown) * (height / 50 + 0.3)))
     for i, (label, png) in enumerate(shown):
