@@ -32,6 +32,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from statistics import mean
 
@@ -226,9 +227,10 @@ def curves_png(spec: StudySpec, runs: dict[str, Experiment], target: Path) -> No
             xs, ys = [float(p[c.x]) for p in points], [float(p[c.y]) for p in points]
             first = seed == spec.seeds.values[0]
             ax.plot(xs, ys, "o-", color=colours[variant], alpha=1 if first else 0.5, label=variant if first else None)
-    ax.set(xlabel=c.x, ylabel=c.label, title=f"{spec.title}: {c.y} per {c.x} (one line per run)")
+    ax.set(xlabel=c.x, ylabel=c.label)
+    ax.set_title(textwrap.fill(f"{spec.title}: {c.y} per {c.x} (one line per run)", 80), fontsize=8)  # long titles
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
     save_png(fig, target)
 
