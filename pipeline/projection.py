@@ -186,22 +186,12 @@ class Probe:
         )
 
     def decoder(self) -> StageTime:
-        p, k, grid = self.p.decoder, self.p.codebook.k, self.p.extract.grid
-        if self.p.extract.encoder == "pixels" and self.dim == 3:  # DecoderInputs.is_palette: nothing to train
+        p = self.p.decoder
+        if dt.is_palette(self.p.extract.encoder, self.dim):
             return StageTime("decoder", 0.0, "the palette decoder: a colour lookup, no training")
         precision = resolve_precision(p.precision, CPU, "decoder.precision")
-        model = self._decoder_model()
-        feature_loss = dt.FeatureLoss(dt.GridFeatures(self.encoder, self.spec), None, None)
-        loss_fn = dt.training_loss(p, feature_loss)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr)
-        scaler = grad_scaler(CPU, precision)
-        rng = np.random.default_rng(0)
-        tokens = torch.from_numpy(rng.integers(0, k, (p.batch_size, grid * grid)))
-        target = to_float_nchw(_images(p.batch_size), CPU)
-        step = lambda: train_step(  # noqa: E731  (as the stage: the centroid grid is embedded outside autocast)
-            lambda x, y: loss_fn(model(x).float(), y), (model.embed(tokens), target), optimizer, scaler, CPU, precision
-        )
-        step_s = timed_seconds(step)
+        model = self.decoder_model()
+        step_s = timed_seconds(self.decoder_step(model, dt.frozen_features(self.encoder, self.spec), precision))
         steps = math.ceil(self.sizes["train"] / p.batch_size) * p.epochs
         decoded = min(dt.CURVE_IMAGES, self.sizes["val"]) * p.epochs + self.sizes["val"]
         decode = self._decode_per_image(model, p.batch_size, precision) * decoded
@@ -212,7 +202,20 @@ class Probe:
             f"{step_s:.3f} s/step x {steps:,} steps ({precision}), {decoded:,} images decoded",
         )
 
-    def _decoder_model(self) -> InverseCNN:
+    def decoder_step(self, model: InverseCNN, features: dt.GridFeatures, precision: str) -> Callable[[], torch.Tensor]:
+        """One decoder.* training step of `model` on a batch of random tokens and images, its perceptual loss
+        through `features` (the stage's: `dt.frozen_features`)."""
+        p, k, grid = self.p.decoder, self.p.codebook.k, self.p.extract.grid
+        loss_fn = dt.training_loss(p, dt.FeatureLoss(features, None, None))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr)
+        scaler = grad_scaler(CPU, precision)
+        tokens = torch.from_numpy(np.random.default_rng(0).integers(0, k, (p.batch_size, grid * grid)))
+        target = to_float_nchw(_images(p.batch_size), CPU)
+        return lambda: train_step(  # as the stage: the centroid grid is embedded outside autocast
+            lambda x, y: loss_fn(model(x).float(), y), (model.embed(tokens), target), optimizer, scaler, CPU, precision
+        )
+
+    def decoder_model(self) -> InverseCNN:
         """The decoder.* inverse CNN on random centroids of the feature grid's width."""
         p, k = self.p.decoder, self.p.codebook.k
         config = DecoderConfig(self.dim, self.p.extract.grid, k, p.channels, p.res_blocks)
@@ -258,7 +261,14 @@ class Probe:
         scaler = grad_scaler(CPU, precision)
         codes, inputs = self._batch(cfg)
         step = lambda: train_step(  # noqa: E731
-            lambda x, y: model(x, y)[1], (inputs, codes), optimizer, scaler, CPU, precision, tr.grad_clip
+            lambda x, y: model(x, y)[1],
+            (inputs, codes),
+            optimizer,
+            scaler,
+            CPU,
+            precision,
+            tr.grad_clip,
+            model.parameters(),
         )
         step_s = timed_seconds(step, 5)
         steps = self.sizes["train"] // tr.batch_size * tr.epochs  # flips replace images, they add no steps
@@ -291,7 +301,7 @@ class Probe:
         classify_s = self._classify_per_image()
         n_rec = self.reconstructed()
         decoder = self.decoder()
-        rec_decode = self._decode_per_image(self._decoder_model(), p.reconstruct.batch_size, "fp32")  # as scoring.py
+        rec_decode = self._decode_per_image(self.decoder_model(), p.reconstruct.batch_size, "fp32")  # as scoring.py
         return [
             self.inception_stage("reference"),
             self.extract(),

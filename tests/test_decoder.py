@@ -347,6 +347,33 @@ def test_perceptual_features_match_extract(tmp_path, pool, channels):
     assert float(loss(x, x).detach()) == 0.0
 
 
+def test_the_perceptual_loss_runs_through_the_folded_encoder_and_keeps_its_gradients(monkeypatch):
+    from pipeline.features.encoders import build_encoder
+    from pipeline.features.extract import GridSpec
+
+    torch.manual_seed(0)
+    encoder = build_encoder("cifar_resnet20", pretrained=False)
+    for m in encoder.modules():  # non-trivial statistics, so folding them changes the convolutions
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    spec = GridSpec(("layer1", "layer3"), 8, 32, "avg")
+    folded = dt.frozen_features(encoder, spec)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())  # a copy: the encoder is kept
+    x = torch.from_numpy(make_images(4)[0]).permute(0, 3, 1, 2).float().div(255)
+    outputs, grads = [], []
+    for features in (dt.GridFeatures(encoder, spec), folded):
+        image = x.clone().requires_grad_(True)
+        out = features(image)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outputs.append(out.detach()), grads.append(image.grad)
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=1e-4)
+    monkeypatch.setattr(dt, "build_encoder", lambda name: build_encoder(name, pretrained=False))  # no download
+    stage_loss = dt.feature_loss("cifar_resnet20", ["layer1"], 8, {"input_size": 32, "pool": "avg"}, None, None, "cpu")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in stage_loss.modules())  # the stage's path folds
+
+
 # --- pixels palette ---------------------------------------------------------------------------------
 
 

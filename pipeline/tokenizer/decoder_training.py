@@ -55,8 +55,8 @@ from pipeline.data import cifar10
 from pipeline.evaluation import inception
 from pipeline.evaluation.reconstruction import pixel_metrics, psnr
 from pipeline.evaluation.reference import fid_to, read_reference
-from pipeline.features.encoders import build_encoder
-from pipeline.features.extract import GridSpec, grid_features
+from pipeline.features.encoders import Encoder, build_encoder
+from pipeline.features.extract import GridSpec, fuse_conv_bn, grid_features
 from pipeline.features.files import read_feature_info
 from pipeline.params import DecoderParams
 from pipeline.tokenizer import files as token_io
@@ -97,9 +97,13 @@ class DecoderInputs:
 
     @property
     def is_palette(self) -> bool:
-        """One RGB colour per token (the classic demo): decoded by lookup, nothing to train. Pixel patches
-        (encoder `pixels` folded to a coarser grid, e.g. 4x4x3 = 48 dims) train the inverse CNN like features."""
-        return self.encoder == "pixels" and self.centroids.shape[1] == 3
+        return is_palette(self.encoder, self.centroids.shape[1])
+
+
+def is_palette(encoder: str, dim: int) -> bool:
+    """One RGB colour per token (the classic demo): decoded by lookup, nothing to train. Pixel patches
+    (encoder `pixels` folded to a coarser grid, e.g. 4x4x3 = 48 dims) train the inverse CNN like features."""
+    return encoder == "pixels" and dim == 3
 
 
 def load_inputs(tokens_path: Path, codebook_path: Path, features_path: Path, raw_path: Path) -> DecoderInputs:
@@ -198,12 +202,19 @@ class GridFeatures(nn.Module):
         return grid_features(self.encoder, images, self.spec).permute(0, 3, 1, 2)
 
 
+def frozen_features(encoder: Encoder, spec: GridSpec) -> GridFeatures:
+    """GridFeatures through a copy of the frozen `encoder` with its batch norms folded into its convolutions
+    (extract's `fuse_conv_bn`): the same function of the image, to rounding, in fewer operations forward and
+    backward (bench/bench_decoder.py times the decoder step both ways)."""
+    return GridFeatures(fuse_conv_bn(encoder), spec)
+
+
 def feature_loss(
     encoder: str, layers: list[str], grid: int, attrs: dict, mean, std, device: torch.device
 ) -> FeatureLoss:
     """The perceptual loss through the encoder, layers, grid, input size, pooling and stats that made features.h5."""
     spec = GridSpec(tuple(layers), grid, int(attrs["input_size"]), str(attrs["pool"]))
-    return FeatureLoss(GridFeatures(build_encoder(encoder), spec), mean, std).to(device)
+    return FeatureLoss(frozen_features(build_encoder(encoder), spec), mean, std).to(device)
 
 
 def build_feature_loss(inputs: DecoderInputs, device: torch.device) -> FeatureLoss:
