@@ -68,6 +68,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def vary_batch_norms(module: torch.nn.Module) -> None:
+    """Give every BatchNorm2d of `module` non-trivial statistics and scales (the fresh ones are 0 / 1), so that
+    folding them into the convolutions actually changes the weights. Seed torch first."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+
+
 def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n random CIFAR-shaped uint8 images and labels cycling through the 10 classes."""
     rng = np.random.default_rng(seed)

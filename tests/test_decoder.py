@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, make_images, requires_real_weights, token_attrs, write_raw
+from conftest import REPO, make_images, requires_real_weights, token_attrs, vary_batch_norms, write_raw
 
 from pipeline.core.checkpoint import NAME as CHECKPOINT
 from pipeline.core.errors import PipelineError
@@ -353,9 +353,7 @@ def test_the_perceptual_loss_runs_through_the_folded_encoder_and_keeps_its_gradi
 
     torch.manual_seed(0)
     encoder = build_encoder("cifar_resnet20", pretrained=False)
-    for m in encoder.modules():  # non-trivial statistics, so folding them changes the convolutions
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    vary_batch_norms(encoder)
     spec = GridSpec(("layer1", "layer3"), 8, 32, "avg")
     folded = dt.frozen_features(encoder, spec)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import make_images, write_raw
+from conftest import make_images, vary_batch_norms, write_raw
 from typer.testing import CliRunner
 
 from pipeline.core.errors import PipelineError
@@ -165,9 +165,7 @@ def test_features_outside_the_float16_range_are_refused(bad):
 def test_conv_bn_fusion_and_bf16_keep_the_features():
     torch.manual_seed(0)
     enc = build_encoder("cifar_resnet20", pretrained=False)
-    for m in enc.modules():  # non-trivial BN statistics, so folding them actually changes the convs
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    vary_batch_norms(enc)
     x, _ = make_images(8)
     spec, cpu = GridSpec(("layer1", "layer3"), 8, 32), torch.device("cpu")
     with torch.inference_mode():
