@@ -7,6 +7,9 @@ import os
 # FAISS's OpenMP threads busy-wait by default, which starves torch on 2 cores; this must be set
 # before torch or faiss load libgomp (stages/__init__.py does the same for the CLI).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# DVC sends a usage report after each command from a background process; offline (CI) the report
+# file stays in /tmp, one per `dvc` call the tests make.
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 import copy  # noqa: E402
 import shutil
